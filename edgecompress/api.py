@@ -1,0 +1,289 @@
+"""``compress()``: model -> pruned -> distilled -> quantized (simulated) -> artifacts -> verified -> report.
+
+>>> import edgecompress as ec
+>>> res = ec.compress(model, target="ncnn", train_data=train, val_data=val, output_dir="out")  # doctest: +SKIP
+>>> res.report["after"]["top1"], res.artifacts["ncnn_param"]                                   # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from edgecompress import __version__
+from edgecompress.analysis.metrics import agreement, count_macs, count_params, file_bytes
+from edgecompress.config import Config, check_range
+from edgecompress.distill import DistillConfig, distill_
+from edgecompress.errors import ConfigError, DataError, ModelInputError, OutputDirError
+from edgecompress.export import ExportConfig, get_exporter
+from edgecompress.prune import PruneConfig, prune_
+from edgecompress.quantize import QuantConfig, quantize_
+from edgecompress.targets import get_target
+from edgecompress.utils import predict, top1
+
+
+@dataclasses.dataclass
+class BenchConfig(Config):
+    """CPU latency in the report: batch 1, ``threads`` for every runtime, interleaved runs."""
+
+    threads: int = 1
+    warmup: int = 10
+    iters: int = 100
+
+    def validate(self) -> None:
+        check_range("BenchConfig", "threads", self.threads, 1, 1024)
+        check_range("BenchConfig", "warmup", self.warmup, 0, 10**6)
+        check_range("BenchConfig", "iters", self.iters, 1, 10**7)
+
+
+@dataclasses.dataclass
+class CompressResult:
+    model: nn.Module
+    artifacts: dict[str, Path]
+    report: dict[str, Any]
+    config: dict[str, Any]
+    quantized_model: nn.Module | None = None
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Copy the artifacts and write report.json/.md/.html and config.json into ``directory``."""
+        from edgecompress.analysis.report import write_report
+
+        d = _check_writable(Path(directory))
+        for role, p in list(self.artifacts.items()):
+            dest = d / Path(p).name
+            if Path(p).resolve() != dest.resolve():
+                shutil.copy2(p, dest)
+            self.artifacts[role] = dest
+        write_report(self.report, d)
+        (d / "config.json").write_text(json.dumps(self.config, indent=2))
+        return d
+
+
+def _check_writable(d: Path) -> Path:
+    if d.exists() and not d.is_dir():
+        raise OutputDirError(f"output_dir {d} exists and is not a directory; pass a directory path")
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=d, prefix=".write-test-"):
+            pass
+    except OSError as e:
+        raise OutputDirError(f"cannot write to output_dir {d} ({e.strerror or e}); pass a writable directory") from e
+    return d
+
+
+def _resolve(value, cls, name: str):
+    if value is False or value is None:
+        return None
+    if value is True:
+        return cls()
+    if isinstance(value, dict):
+        return cls.from_dict(value)
+    if not isinstance(value, cls):
+        raise ConfigError(f"{name} must be a {cls.__name__}, a dict, True or False; got {type(value).__name__}")
+    return value
+
+
+def _first_batch(data: Iterable | None, name: str):
+    if data is None:
+        return None
+    try:
+        it = iter(data)
+        batch = next(it)
+    except StopIteration:
+        raise DataError(f"{name} is empty; pass a loader that yields at least one (inputs, labels) batch") from None
+    except TypeError:
+        raise DataError(f"{name} must be an iterable of (inputs, labels) batches, got {type(data).__name__}") from None
+    if not (isinstance(batch, (tuple, list)) and len(batch) >= 2 and torch.is_tensor(batch[0])):
+        raise DataError(f"{name} must yield (inputs, labels) tensor pairs; got {type(batch).__name__}")
+    if len(batch[0]) == 0:
+        raise DataError(f"{name} yielded an empty batch")
+    return batch
+
+
+def _held_out(val_data, train_batch, n: int) -> torch.Tensor:
+    xs, got = [], 0
+    for x, _ in (val_data if val_data is not None else [train_batch]):
+        xs.append(x)
+        got += len(x)
+        if got >= n:
+            break
+    return torch.cat(xs)[:n].contiguous()
+
+
+def compress(
+    model: nn.Module,
+    target: str = "onnx",
+    *,
+    example_inputs: tuple | torch.Tensor | None = None,
+    train_data: Iterable | None = None,
+    val_data: Iterable | None = None,
+    prune: PruneConfig | bool | None = True,
+    distill: DistillConfig | bool | None = True,
+    quantize: QuantConfig | bool | None = True,
+    export: ExportConfig | None = None,
+    bench: BenchConfig | bool | None = True,
+    output_dir: str | os.PathLike | None = None,
+    teacher: nn.Module | None = None,
+    validate_samples: int = 512,
+    progress: bool = True,
+) -> CompressResult:
+    """Compress ``model`` for ``target`` and prove it.
+
+    Stages (each a config; ``False`` skips it): FPGM filter pruning (channels removed), Hinton KD
+    fine-tuning with the original model (or ``teacher``) as teacher, int8 post-training
+    quantization simulated in PyTorch under the target's contract, export, re-run of every
+    artifact in its runtime against PyTorch, and latency. ``model`` is never modified.
+    Everything is written to a staging folder and moved to ``output_dir`` only on success.
+    """
+    t_start = time.time()
+    tgt = get_target(target)
+    prune_cfg = _resolve(prune, PruneConfig, "prune")
+    distill_cfg = _resolve(distill, DistillConfig, "distill")
+    quant_cfg = _resolve(quantize, QuantConfig, "quantize")
+    bench_cfg = _resolve(bench, BenchConfig, "bench")
+    export_cfg = export or ExportConfig()
+    if not isinstance(model, nn.Module):
+        raise ModelInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    out_dir = _check_writable(Path(output_dir)) if output_dir is not None else None
+
+    train_batch = _first_batch(train_data, "train_data")
+    val_batch = _first_batch(val_data, "val_data")
+    if train_batch is None and (distill_cfg or quant_cfg):
+        need = [s for s, c in (("distill", distill_cfg), ("quantize", quant_cfg)) if c]
+        raise DataError(f"{' and '.join(need)} need train_data; pass train_data=<loader of (x, y)> "
+                        f"or {', '.join(f'{s}=False' for s in need)}")
+    if example_inputs is None:
+        ref = val_batch if val_batch is not None else train_batch
+        if ref is None:
+            raise ModelInputError("no example_inputs and no data to take them from; pass example_inputs=(x,)")
+        example_inputs = (ref[0][:1],)
+    if torch.is_tensor(example_inputs):
+        example_inputs = (example_inputs,)
+    example_inputs = tuple(t.float().contiguous() for t in example_inputs)
+
+    base = copy.deepcopy(model).cpu().eval()
+    try:
+        with torch.no_grad():
+            out = base(*example_inputs)
+    except Exception as e:  # noqa: BLE001
+        shapes = [tuple(t.shape) for t in example_inputs]
+        raise ModelInputError(f"the model does not accept example inputs of shape {shapes}: {e}; "
+                              f"pass example_inputs matching its forward()") from e
+    if not (torch.is_tensor(out) and out.ndim == 2):
+        raise ModelInputError(f"compress expects a classifier returning (batch, classes) logits; got "
+                              f"{type(out).__name__}{tuple(out.shape) if torch.is_tensor(out) else ''}")
+
+    stage_parent = out_dir.parent if out_dir is not None else None
+    stage = Path(tempfile.mkdtemp(prefix=".edgecompress-", dir=stage_parent))
+    try:
+        result = _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg,
+                      export_cfg, bench_cfg, teacher, validate_samples, progress, stage)
+        result.report["wall_seconds"] = round(time.time() - t_start, 1)
+        from edgecompress.analysis.report import write_report
+
+        write_report(result.report, stage)
+        (stage / "config.json").write_text(json.dumps(result.config, indent=2))
+        if out_dir is not None:
+            for f in stage.iterdir():
+                os.replace(f, out_dir / f.name)
+            shutil.rmtree(stage, ignore_errors=True)
+            result.artifacts = {k: out_dir / Path(p).name for k, p in result.artifacts.items()}
+        return result
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _model_stats(model, example_inputs, val_data, ref_logits=None) -> tuple[dict, torch.Tensor | None]:
+    stats = {"params": count_params(model), "macs": count_macs(model, example_inputs)}
+    logits = None
+    if val_data is not None:
+        logits, labels = predict(model, val_data)
+        stats["top1"] = top1(logits, labels)
+        stats["val_images"] = len(labels)
+        if ref_logits is not None:
+            stats["agreement_with_original"] = agreement(logits, ref_logits)
+    return stats, logits
+
+
+def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg, export_cfg,
+         bench_cfg, teacher, validate_samples, progress, stage: Path) -> CompressResult:
+    report: dict[str, Any] = {"edgecompress": __version__, "torch": torch.__version__, "target": tgt.name,
+                              "threads": torch.get_num_threads()}
+    before, base_logits = _model_stats(base, example_inputs, val_data)
+    report["before"] = before
+    student = copy.deepcopy(base)
+    if prune_cfg:
+        report["prune"] = prune_(student, prune_cfg, example_inputs)
+    if distill_cfg:
+        t = (teacher or base).eval()
+        hist = distill_(student, t, train_data, val_data if distill_cfg.eval_every else None, distill_cfg,
+                        log=(lambda s: None))
+        report["distill"] = {"teacher": "original model" if teacher is None else type(teacher).__name__,
+                             "history": hist}
+    student.eval()
+    after, student_logits = _model_stats(student, example_inputs, val_data, base_logits)
+    report["after"] = after
+    qmodel = None
+    if quant_cfg:
+        qmodel = copy.deepcopy(student)
+        qrep = quantize_(qmodel, quant_cfg, train_data, scheme=tgt.quant_scheme, progress=progress)
+        if val_data is not None:
+            q_logits, labels = predict(qmodel, val_data)
+            qrep["top1"] = top1(q_logits, labels)
+            qrep["agreement_with_float"] = agreement(q_logits, student_logits)
+            qrep["agreement_with_original"] = agreement(q_logits, base_logits)
+        report["int8_simulated"] = qrep
+
+    # Export + verification in each artifact's own runtime.
+    held_out = _held_out(val_data, (example_inputs[0], None), validate_samples)
+    artifacts, verification, exporters = {}, {}, {}
+    for name in tgt.exporters:
+        exp = get_exporter(name, export_cfg)
+        paths = exp.export(student, example_inputs, stage)
+        res = exp.validate(student, paths, held_out, batch_size=min(64, max(3, len(held_out))))
+        artifacts.update(paths)
+        verification[name] = {**res.to_dict(), "runtime": exp.runtime, "files": [p.name for p in paths.values()],
+                              "bytes": file_bytes(paths.values())}
+        exporters[name] = (exp, paths)
+    report["artifacts"] = verification
+
+    if bench_cfg:
+        report["latency"] = _latency(base, student, exporters, example_inputs, bench_cfg)
+    config = {"target": tgt.name, "prune": prune_cfg and prune_cfg.to_dict(),
+              "distill": distill_cfg and distill_cfg.to_dict(), "quantize": quant_cfg and quant_cfg.to_dict(),
+              "export": export_cfg.to_dict(), "bench": bench_cfg and bench_cfg.to_dict()}
+    return CompressResult(student, artifacts, report, config, qmodel)
+
+
+def _latency(base, model, exporters, example_inputs, cfg: BenchConfig) -> dict:
+    """Batch-1 CPU latency of the original model (torch) and of the compressed model in torch and
+    in each artifact's runtime, all interleaved in one run."""
+    import numpy as np
+
+    from edgecompress.bench import measure_interleaved
+
+    x = example_inputs[0][:1].contiguous()
+    xn = np.ascontiguousarray(x.numpy())
+    prev = torch.get_num_threads()
+    torch.set_num_threads(cfg.threads)
+    try:
+        runners = {"torch (original)": lambda: base(x), "torch": lambda: model(x)}
+        for name, (exp, paths) in exporters.items():
+            run = type(exp)(dataclasses.replace(exp.cfg, threads=cfg.threads)).load(paths)
+            runners[exp.runtime] = (lambda r=run: r(xn))
+        with torch.no_grad():
+            stats = measure_interleaved(runners, threads=cfg.threads, warmup=cfg.warmup, iters=cfg.iters)
+    finally:
+        torch.set_num_threads(prev)
+    return {k: v.to_dict() for k, v in stats.items()}

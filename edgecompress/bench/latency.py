@@ -1,0 +1,46 @@
+"""Latency: warm-up, then many timed runs of several runtimes interleaved (A B C A B C ...) so
+that machine drift hits all of them alike; median, p90, p99, mean."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+
+
+@dataclasses.dataclass
+class LatencyStats:
+    runtime: str
+    threads: int
+    batch: int
+    iters: int
+    ms_median: float
+    ms_p90: float
+    ms_p99: float
+    ms_mean: float
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def measure_interleaved(
+    runners: dict[str, Callable[[], object]], *, threads: int, batch: int = 1, warmup: int = 10, iters: int = 100
+) -> dict[str, LatencyStats]:
+    """Time each zero-argument callable ``iters`` times, interleaved, after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for fn in runners.values():
+            fn()
+    times = {k: [] for k in runners}
+    for _ in range(iters):
+        for k, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[k].append((time.perf_counter() - t0) * 1e3)
+    out = {}
+    for k, t in times.items():
+        a = np.asarray(t)
+        out[k] = LatencyStats(k, threads, batch, iters, float(np.median(a)), float(np.percentile(a, 90)),
+                              float(np.percentile(a, 99)), float(a.mean()))
+    return out

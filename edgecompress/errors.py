@@ -1,0 +1,55 @@
+"""Typed errors. Every error names what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class EdgeCompressError(Exception):
+    """Base class of every error raised by edgecompress."""
+
+
+class ConfigError(EdgeCompressError, ValueError):
+    """A configuration value is out of range or of the wrong kind."""
+
+
+class UnknownTargetError(ConfigError):
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, sorted(known)
+        super().__init__(f"{name!r}; known targets: {', '.join(self.known)}")
+
+
+class UnknownModelError(ConfigError):
+    def __init__(self, name: str, known: list[str]):
+        self.name, self.known = name, sorted(known)
+        super().__init__(f"{name!r}; known models: {', '.join(self.known)}")
+
+
+class ModelInputError(EdgeCompressError, ValueError):
+    """The model does not accept the example inputs it was given."""
+
+
+class DataError(EdgeCompressError, ValueError):
+    """Training/validation data is missing, empty or malformed."""
+
+
+class OutputDirError(EdgeCompressError, OSError):
+    """The output directory cannot be created or written."""
+
+
+class BackendUnavailableError(EdgeCompressError, ImportError):
+    """An optional backend (onnxruntime, ncnn, pnnx, tensorrt) is not installed."""
+
+
+class ExportError(EdgeCompressError, RuntimeError):
+    """An exporter failed to produce its artifact."""
+
+
+class OutputMatchError(EdgeCompressError, ValueError):
+    """An exported artifact's outputs differ from the PyTorch reference beyond tolerance."""
+
+    def __init__(self, artifact: str, failures: list[str]):
+        self.artifact, self.failures = artifact, failures
+        super().__init__(f"{artifact} does not match PyTorch: " + "; ".join(failures))
+
+
+class PruningError(EdgeCompressError, RuntimeError):
+    """A pruning step could not be applied."""

@@ -1,0 +1,45 @@
+"""Deployment targets: which artifacts to write and which int8 contract the quantizer simulates.
+
+>>> list_targets()
+['ncnn', 'onnx', 'torch']
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from edgecompress.errors import UnknownTargetError
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    name: str
+    exporters: tuple[str, ...]
+    quant_scheme: str  # the int8 contract simulated: "affine" (zero points) or "symmetric"
+    description: str
+
+
+_TARGETS: dict[str, Target] = {}
+
+
+def register_target(t: Target) -> Target:
+    _TARGETS[t.name] = t
+    return t
+
+
+def list_targets() -> list[str]:
+    return sorted(_TARGETS)
+
+
+def get_target(name: str) -> Target:
+    if name not in _TARGETS:
+        raise UnknownTargetError(name, list(_TARGETS))
+    return _TARGETS[name]
+
+
+register_target(Target("onnx", ("onnx",), "affine",
+                       "ONNX fp32 (dynamic batch), verified in onnxruntime; int8 simulated affine (u8 + zero point)"))
+register_target(Target("ncnn", ("ncnn", "onnx"), "symmetric",
+                       "ncnn fp32 param/bin via pnnx, verified in ncnn; int8 simulated symmetric (ncnn's contract)"))
+register_target(Target("torch", ("torch",), "affine",
+                       "torch.export program (.pt2), verified by re-loading; int8 simulated affine"))
