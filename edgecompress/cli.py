@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command line."""
+"""The ``edgecompress`` command line: demo, compress, train, env, targets, models."""
 
 from __future__ import annotations
 
@@ -8,16 +8,26 @@ import sys
 import time
 from pathlib import Path
 
+from edgecompress.errors import EdgeCompressError
+
+DEMO_EPOCHS = 5
+
+
+def _threads(a) -> None:
+    if getattr(a, "threads", None):
+        import torch
+
+        torch.set_num_threads(a.threads)
+
 
 def _cmd_train(a: argparse.Namespace) -> int:
-    import torch
     from safetensors.torch import save_file
 
     from edgecompress.data import cifar10_loaders
     from edgecompress.distill import TrainConfig, fit
     from edgecompress.models import create_model
 
-    torch.set_num_threads(a.threads) if a.threads else None
+    _threads(a)
     train, test = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
                                   test_subset=a.test_subset, seed=a.seed)
     model = create_model(a.model)
@@ -38,9 +48,135 @@ def _cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(a):
+    import torch
+
+    from edgecompress.models import create_model, load_pretrained
+
+    if a.weights == "pretrained":
+        return load_pretrained(a.model)
+    model = create_model(a.model)
+    if a.weights:
+        if a.weights.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            state = load_file(a.weights)
+        else:
+            state = torch.load(a.weights, weights_only=True, map_location="cpu")
+        model.load_state_dict(state)
+    return model.eval()
+
+
+def _compress(a, model, *, defaults_epochs: int) -> int:
+    import edgecompress as ec
+    from edgecompress.data import cifar10_loaders
+
+    _threads(a)
+    train, val = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
+                                 test_subset=a.val_subset, seed=a.seed)
+    prune = ec.PruneConfig(method=a.method, ratio=a.ratio) if a.ratio > 0 else False
+    epochs = defaults_epochs if a.epochs is None else a.epochs
+    distill = ec.DistillConfig(epochs=epochs, lr=a.lr, temperature=a.temperature, alpha=a.alpha,
+                               beta=1 - a.alpha, seed=a.seed) if epochs > 0 else False
+    quant = ec.QuantConfig() if not a.no_quantize else False
+    print(f"compressing {a.model} for target {a.target}: prune={a.method}@{a.ratio}, KD {epochs} epoch(s), "
+          f"int8 simulation {'on' if quant else 'off'}; {train.num_samples} train / {val.num_samples} val images",
+          flush=True)
+    t0 = time.time()
+    res = ec.compress(model, a.target, train_data=train, val_data=val, prune=prune, distill=distill, quantize=quant,
+                      bench=ec.BenchConfig(threads=a.bench_threads), output_dir=a.out)
+    r = res.report
+    b, af, q = r["before"], r["after"], r.get("int8_simulated", {})
+    print(f"\ntop-1 {b['top1']:.2%} -> {af['top1']:.2%} (int8 simulated {q.get('top1', float('nan')):.2%}); "
+          f"MACs {b['macs']:,} -> {af['macs']:,} ({af['macs'] / b['macs']:.1%}); "
+          f"params {b['params']:,} -> {af['params']:,}")
+    for name, v in r["artifacts"].items():
+        print(f"  {name:5s} [{v['runtime']}] {', '.join(v['files'])}: max|diff| {v['max_abs_diff']:.2e}, "
+              f"agreement {v['top1_agreement']:.2%} on {v['samples']} images")
+    for name, v in r.get("latency", {}).items():
+        print(f"  latency {name:17s} median {v['ms_median']:.3f} ms  p90 {v['ms_p90']:.3f} ms ({v['threads']} thread)")
+    print(f"report: {Path(a.out) / 'report.html'} ({time.time() - t0:.0f} s)")
+    return 0
+
+
+def _cmd_compress(a) -> int:
+    from edgecompress.targets import get_target
+
+    get_target(a.target)
+    return _compress(a, _load_model(a), defaults_epochs=DEMO_EPOCHS)
+
+
+def _cmd_demo(a) -> int:
+    from edgecompress.models import load_pretrained
+
+    from edgecompress.targets import get_target
+
+    get_target(a.target)
+    a.model, a.weights = "resnet20", "pretrained"
+    return _compress(a, load_pretrained("resnet20"), defaults_epochs=DEMO_EPOCHS)
+
+
+def _cmd_env(a) -> int:
+    from edgecompress.envinfo import environment
+
+    info = environment()
+    if a.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"edgecompress {info['edgecompress']}  python {info['python']}  {info['machine']}")
+    for name, v in info["backends"].items():
+        print(f"  {name:14s} {v['version'] or '-':28s} {v['status']}")
+    return 0
+
+
+def _cmd_targets(a) -> int:
+    from edgecompress.targets import get_target, list_targets
+
+    for n in list_targets():
+        t = get_target(n)
+        print(f"{n:8s} artifacts: {', '.join(t.exporters):12s} int8: {t.quant_scheme:9s} {t.description}")
+    return 0
+
+
+def _cmd_models(a) -> int:
+    from edgecompress.models import list_models
+
+    print("\n".join(list_models(a.pattern)))
+    return 0
+
+
+def _add_compress_args(p: argparse.ArgumentParser, *, out: str) -> None:
+    p.add_argument("--target", default="ncnn", help="deployment target (see `edgecompress targets`)")
+    p.add_argument("--data", default=None, help="CIFAR-10 archive/folder (default: $EDGECOMPRESS_CIFAR10)")
+    p.add_argument("--method", default="fpgm", help="pruning criterion: fpgm, l1, l2, random")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group (0 = no pruning)")
+    p.add_argument("--epochs", type=int, default=None, help=f"distillation epochs (default {DEMO_EPOCHS}; 0 = none)")
+    p.add_argument("--lr", type=float, default=0.05)
+    p.add_argument("--temperature", type=float, default=4.0)
+    p.add_argument("--alpha", type=float, default=0.5, help="weight of hard-label CE; KD gets 1 - alpha")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--train-subset", type=int, default=None, help="use a random subset of N training images")
+    p.add_argument("--val-subset", type=int, default=None, help="use a random subset of N test images")
+    p.add_argument("--no-quantize", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads for training (default: all cores)")
+    p.add_argument("--bench-threads", type=int, default=1, help="threads for the latency table")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=out)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgecompress", description=__doc__)
+    p = argparse.ArgumentParser(prog="edgecompress", description="Compress PyTorch classifiers for edge runtimes, with proof.")
     sub = p.add_subparsers(dest="cmd", required=True)
+
+    d = sub.add_parser("demo", help="compress the shipped CIFAR-10 ResNet-20 for ncnn + ONNX and write a report")
+    _add_compress_args(d, out="runs/demo")
+    d.set_defaults(fn=_cmd_demo)
+
+    c = sub.add_parser("compress", help="compress a zoo model (with weights) on CIFAR-10")
+    c.add_argument("--model", default="resnet20")
+    c.add_argument("--weights", default="pretrained", help="'pretrained' (shipped), a .safetensors or state_dict .pt file, or '' for random init")
+    _add_compress_args(c, out="runs/compress")
+    c.set_defaults(fn=_cmd_compress)
 
     t = sub.add_parser("train", help="train a zoo model on CIFAR-10 from scratch")
     t.add_argument("--model", default="resnet20")
@@ -59,12 +195,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true")
     t.add_argument("--out", default="runs/train")
     t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("env", help="versions of every backend and whether it is usable here")
+    e.add_argument("--json", action="store_true")
+    e.set_defaults(fn=_cmd_env)
+
+    tg = sub.add_parser("targets", help="list deployment targets")
+    tg.set_defaults(fn=_cmd_targets)
+    m = sub.add_parser("models", help="list zoo models")
+    m.add_argument("pattern", nargs="?", default="*")
+    m.set_defaults(fn=_cmd_models)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     a = build_parser().parse_args(argv)
-    return a.fn(a)
+    try:
+        return a.fn(a)
+    except EdgeCompressError as e:
+        print(f"edgecompress: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
