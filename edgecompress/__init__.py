@@ -30,6 +30,7 @@ _LAZY = {
     "list_models": "edgecompress.models",
     "load_pretrained": "edgecompress.models",
     "cifar10_loaders": "edgecompress.data",
+    "errors": None,
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]
@@ -39,7 +40,8 @@ def __getattr__(name: str):
     if name in _LAZY:
         import importlib
 
-        value = getattr(importlib.import_module(_LAZY[name]), name)
+        mod = _LAZY[name]
+        value = importlib.import_module(f"edgecompress.{name}") if mod is None else getattr(importlib.import_module(mod), name)
         globals()[name] = value
         return value
     raise AttributeError(f"module 'edgecompress' has no attribute {name!r}")
