@@ -123,3 +123,18 @@ def test_failure_midway_leaves_no_partial_artifacts(loaders, tmp_path, monkeypat
 def test_targets_registry():
     assert ec.list_targets() == ["ncnn", "onnx", "torch"]
     assert ec.get_target("ncnn").quant_scheme == "symmetric"
+
+
+@pytest.mark.parametrize("arch", ["mobilenet_v2", "resnet18"])
+def test_torchvision_classifier_is_accepted(arch, loaders, tmp_path):
+    import torchvision
+
+    train, val = loaders
+    model = randomize_bn_(getattr(torchvision.models, arch)(num_classes=10))
+    res = ec.compress(model, "ncnn", train_data=train, val_data=val, prune=ec.PruneConfig(ratio=0.3, round_to=8),
+                      distill=False, quantize=ec.QuantConfig(calib_batches=1), bench=False, progress=False,
+                      output_dir=tmp_path)
+    r = res.report
+    assert r["after"]["macs"] < 0.75 * r["before"]["macs"]
+    assert all(v["passed"] for v in r["artifacts"].values()), r["artifacts"]
+    assert r["int8_simulated"]["layers"]
