@@ -110,9 +110,10 @@ def _first_batch(data: Iterable | None, name: str):
     return batch
 
 
-def _held_out(val_data, train_batch, n: int) -> torch.Tensor:
+def _held_out(data, fallback: torch.Tensor, n: int) -> torch.Tensor:
+    """Up to ``n`` inputs for artifact validation: validation data if given, else training data."""
     xs, got = [], 0
-    for x, _ in (val_data if val_data is not None else [train_batch]):
+    for x, _ in (data if data is not None else [(fallback, None)]):
         xs.append(x)
         got += len(x)
         if got >= n:
@@ -246,7 +247,7 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
         report["int8_simulated"] = qrep
 
     # Export + verification in each artifact's own runtime.
-    held_out = _held_out(val_data, (example_inputs[0], None), validate_samples)
+    held_out = _held_out(val_data if val_data is not None else train_data, example_inputs[0], validate_samples)
     artifacts, verification, exporters = {}, {}, {}
     for name in tgt.exporters:
         exp = get_exporter(name, export_cfg)

@@ -153,7 +153,7 @@ def _add_compress_args(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--epochs", type=int, default=None, help=f"distillation epochs (default {DEMO_EPOCHS}; 0 = none)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=4.0)
-    p.add_argument("--alpha", type=float, default=0.5, help="weight of hard-label CE; KD gets 1 - alpha")
+    p.add_argument("--alpha", type=float, default=0.1, help="weight of hard-label CE; KD gets 1 - alpha")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--train-subset", type=int, default=None, help="use a random subset of N training images")
     p.add_argument("--val-subset", type=int, default=None, help="use a random subset of N test images")
