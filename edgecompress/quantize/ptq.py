@@ -110,6 +110,14 @@ def _fq_weight(w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     return torch.fake_quantize_per_channel_affine(w, scales, zp, 0, W_QMIN, W_QMAX)
 
 
+def _attach_quant(q: nn.Module, src: nn.Module, cfg: QuantConfig, scheme: str) -> nn.Module:
+    """Copy ``src``'s weights into ``q`` and give it an input observer and per-channel weight scales."""
+    q.load_state_dict(src.state_dict())
+    q.act = _ActObserver(scheme, cfg.calibration, cfg.percentile)
+    q.register_buffer("w_scale", _weight_scales(src.weight, cfg.per_channel))
+    return q
+
+
 class FakeQuantConv2d(nn.Conv2d):
     """Conv2d computing on int8-representable inputs and weights (float arithmetic, exact grid)."""
 
@@ -117,10 +125,7 @@ class FakeQuantConv2d(nn.Conv2d):
     def from_float(cls, conv: nn.Conv2d, cfg: QuantConfig, scheme: str) -> "FakeQuantConv2d":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-        q.load_state_dict(conv.state_dict())
-        q.act = _ActObserver(scheme, cfg.calibration, cfg.percentile)
-        q.register_buffer("w_scale", _weight_scales(conv.weight, cfg.per_channel))
-        return q
+        return _attach_quant(q, conv, cfg, scheme)
 
     def forward(self, x):
         return self._conv_forward(self.act(x), _fq_weight(self.weight, self.w_scale), self.bias)
@@ -130,10 +135,7 @@ class FakeQuantLinear(nn.Linear):
     @classmethod
     def from_float(cls, lin: nn.Linear, cfg: QuantConfig, scheme: str) -> "FakeQuantLinear":
         q = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        q.load_state_dict(lin.state_dict())
-        q.act = _ActObserver(scheme, cfg.calibration, cfg.percentile)
-        q.register_buffer("w_scale", _weight_scales(lin.weight, cfg.per_channel))
-        return q
+        return _attach_quant(q, lin, cfg, scheme)
 
     def forward(self, x):
         return F.linear(self.act(x), _fq_weight(self.weight, self.w_scale), self.bias)
