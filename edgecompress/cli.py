@@ -31,6 +31,10 @@ def _cmd_train(a: argparse.Namespace) -> int:
     train, test = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
                                   test_subset=a.test_subset, seed=a.seed)
     model = create_model(a.model)
+    if a.init:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(a.init))
     cfg = TrainConfig(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs,
                       schedule=a.schedule, seed=a.seed, bf16=None if a.bf16 == "auto" else a.bf16 == "on")
     out = Path(a.out)
@@ -193,6 +197,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threads", type=int, default=None)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true")
+    t.add_argument("--init", default=None, help="start from these weights (.safetensors), e.g. for a warm restart")
     t.add_argument("--out", default="runs/train")
     t.set_defaults(fn=_cmd_train)
 
