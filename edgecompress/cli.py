@@ -10,7 +10,7 @@ from pathlib import Path
 
 from edgecompress.errors import EdgeCompressError
 
-DEMO_EPOCHS = 5
+DEMO_EPOCHS = 3
 
 
 def _threads(a) -> None:
