@@ -71,9 +71,14 @@ def _load_model(a):
     return model.eval()
 
 
-def _compress(a, model, *, defaults_epochs: int) -> int:
+def _compress(a, load_model, *, defaults_epochs: int) -> int:
+    """Check the target first (cheap, typed error), then load the model and data and compress."""
     import edgecompress as ec
     from edgecompress.data import cifar10_loaders
+    from edgecompress.targets import get_target
+
+    get_target(a.target)
+    model = load_model()
 
     _threads(a)
     train, val = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
@@ -104,20 +109,14 @@ def _compress(a, model, *, defaults_epochs: int) -> int:
 
 
 def _cmd_compress(a) -> int:
-    from edgecompress.targets import get_target
-
-    get_target(a.target)
-    return _compress(a, _load_model(a), defaults_epochs=DEMO_EPOCHS)
+    return _compress(a, lambda: _load_model(a), defaults_epochs=DEMO_EPOCHS)
 
 
 def _cmd_demo(a) -> int:
     from edgecompress.models import load_pretrained
 
-    from edgecompress.targets import get_target
-
-    get_target(a.target)
     a.model, a.weights = "resnet20", "pretrained"
-    return _compress(a, load_pretrained("resnet20"), defaults_epochs=DEMO_EPOCHS)
+    return _compress(a, lambda: load_pretrained("resnet20"), defaults_epochs=DEMO_EPOCHS)
 
 
 def _cmd_env(a) -> int:
