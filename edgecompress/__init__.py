@@ -31,6 +31,7 @@ _LAZY = {
     "load_pretrained": "edgecompress.models",
     "cifar10_loaders": "edgecompress.data",
     "errors": None,
+    "prune": None,
 }
 
 __all__ = ["__version__", *sorted(_LAZY)]

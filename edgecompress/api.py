@@ -26,7 +26,7 @@ from edgecompress.config import Config, check_range
 from edgecompress.distill import DistillConfig, distill_
 from edgecompress.errors import ConfigError, DataError, ModelInputError, OutputDirError
 from edgecompress.export import ExportConfig, get_exporter
-from edgecompress.prune import PruneConfig, prune_
+from edgecompress.prune import PruneConfig, adaptive_bn_fitness, prune_, save_plan
 from edgecompress.quantize import QuantConfig, quantize_
 from edgecompress.targets import get_target
 from edgecompress.utils import predict, top1
@@ -217,6 +217,32 @@ def _model_stats(model, example_inputs, val_data, ref_logits=None) -> tuple[dict
     return stats, logits
 
 
+def _prune_callbacks(base, prune_cfg, distill_cfg, teacher, train_data, val_data) -> dict:
+    """LeGR's fitness (adaptive-BN accuracy on up to 1024 validation images) and, for the iterative
+    and soft schedules, one distillation epoch from the original model between pruning steps."""
+    out = {}
+    if prune_cfg.method == "legr" and prune_cfg.legr.iterations > 0:
+        if val_data is None:
+            raise ConfigError("prune.method='legr' ranks candidates by validation accuracy; pass val_data")
+        val = []
+        for x, y in val_data:
+            val.append((x, y))
+            if sum(len(b[1]) for b in val) >= 1024:
+                break
+        out["fitness"] = adaptive_bn_fitness(train_data, val)
+    if prune_cfg.schedule != "oneshot" and prune_cfg.steps > 1:
+        if not distill_cfg:
+            raise ConfigError(f"prune.schedule={prune_cfg.schedule!r} fine-tunes between steps with the "
+                              "distillation trainer; pass distill=DistillConfig(...) or use schedule='oneshot'")
+        step_cfg = dataclasses.replace(distill_cfg, epochs=1)
+
+        def finetune(model, step):
+            distill_(model, (teacher or base).eval(), train_data, None, step_cfg, log=lambda s: None)
+
+        out["finetune"] = finetune
+    return out
+
+
 def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg, export_cfg,
          bench_cfg, teacher, validate_samples, progress, stage: Path) -> CompressResult:
     report: dict[str, Any] = {"edgecompress": __version__, "torch": torch.__version__, "target": tgt.name,
@@ -225,7 +251,9 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
     report["before"] = before
     student = copy.deepcopy(base)
     if prune_cfg:
-        report["prune"] = prune_(student, prune_cfg, example_inputs)
+        report["prune"] = prune_(student, prune_cfg, example_inputs, **_prune_callbacks(
+            base, prune_cfg, distill_cfg, teacher, train_data, val_data))
+        save_plan(report["prune"]["plan"], stage / "prune_plan.json")
     if distill_cfg:
         t = (teacher or base).eval()
         hist = distill_(student, t, train_data, val_data if distill_cfg.eval_every else None, distill_cfg,
@@ -249,6 +277,8 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
     # Export + verification in each artifact's own runtime.
     held_out = _held_out(val_data if val_data is not None else train_data, example_inputs[0], validate_samples)
     artifacts, verification, exporters = {}, {}, {}
+    if prune_cfg:
+        artifacts["prune_plan"] = stage / "prune_plan.json"
     for name in tgt.exporters:
         exp = get_exporter(name, export_cfg)
         paths = exp.export(student, example_inputs, stage)

@@ -138,3 +138,9 @@ def test_torchvision_classifier_is_accepted(arch, loaders, tmp_path):
     assert r["after"]["macs"] < 0.75 * r["before"]["macs"]
     assert all(v["passed"] for v in r["artifacts"].values()), r["artifacts"]
     assert r["int8_simulated"]["layers"]
+    # the saved plan rebuilds the pruned architecture from torchvision's own constructor
+    fresh = ec.prune.apply_plan(getattr(torchvision.models, arch)(num_classes=10),
+                                ec.prune.load_plan(res.artifacts["prune_plan"]), (torch.randn(1, 3, 32, 32),))
+    fresh.load_state_dict(res.model.state_dict())
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(fresh.eval()(x), res.model.eval()(x))

@@ -47,8 +47,10 @@ def report_tables(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     p = r.get("prune")
     if p:
         wb, wa = p["widths_before"], p["widths_after"]
-        tables.append((f"Pruning: {p['method']} ratio {p['ratio']}, {p['groups_pruned']} groups, "
-                       f"{p['channels_removed']} channels removed",
+        c = p["config"]
+        skipped = f", {len(p['skipped'])} group(s) left intact (see report.json)" if p.get("skipped") else ""
+        tables.append((f"Pruning: {c['method']} {c['mode']} ratio {c['ratio']}, {p['groups_pruned']} groups, "
+                       f"{p['channels_removed']} channels removed{skipped}",
                        ["layer", "in before", "out before", "in after", "out after"],
                        [[n, str(wb[n][0]), str(wb[n][1]), str(wa[n][0]), str(wa[n][1])] for n in wa if wb.get(n) != wa[n]]))
     d = r.get("distill")

@@ -15,6 +15,7 @@ import math
 import os
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -114,13 +115,15 @@ def fit(
     teacher: nn.Module | None = None,
     checkpoint_dir: str | os.PathLike | None = None,
     resume: bool = False,
+    on_step: Callable[[int], object] | None = None,
     log=print,
 ) -> list[dict]:
     """Train ``model`` in place; with ``teacher`` (and a DistillConfig) distil from it.
 
     Returns the per-epoch history ``[{epoch, loss, val_top1, lr, seconds}]``. With
     ``checkpoint_dir``, writes ``last.pt``/``best.pt`` (state_dict only) and ``history.json``;
-    ``resume=True`` continues from ``last.pt``.
+    ``resume=True`` continues from ``last.pt``. ``on_step(step)`` runs after every optimiser step
+    (e.g. ``MagnitudePruner.step`` to follow a sparsity schedule).
     """
     cfg = cfg or TrainConfig()
     try:
@@ -183,6 +186,8 @@ def fit(
             run_loss += loss.item() * len(y)
             n += len(y)
             step += 1
+            if on_step is not None:
+                on_step(step)
             bar.set_postfix(loss=f"{run_loss / n:.3f}", lr=f"{sched.get_last_lr()[0]:.4f}")
             if step >= total:
                 break

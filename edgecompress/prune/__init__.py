@@ -1,6 +1,21 @@
-"""Structured (filter) pruning: channels are physically removed from the weights."""
+"""Structured (filter) and unstructured pruning.
 
-from edgecompress.prune.importance import IMPORTANCES, FPGMImportance, NormImportance, RandomImportance
-from edgecompress.prune.structured import PruneConfig, prune_
+Structured pruning physically removes channels of coupled layer groups (``prune_``); its plan can
+rebuild the pruned architecture from fresh model code (``apply_plan``). Unstructured pruning keeps
+shapes and zeroes individual weights under fixed masks (``edgecompress.prune.unstructured``).
+"""
 
-__all__ = ["PruneConfig", "prune_", "IMPORTANCES", "FPGMImportance", "NormImportance", "RandomImportance"]
+from edgecompress.prune.importance import (
+    IMPORTANCES,
+    FPGMImportance,
+    Importance,
+    NormImportance,
+    RandomImportance,
+    SquaredNormImportance,
+)
+from edgecompress.prune.legr import adaptive_bn_fitness
+from edgecompress.prune.structured import LegrConfig, PruneConfig, apply_plan, load_plan, prune_, save_plan
+
+__all__ = ["PruneConfig", "LegrConfig", "prune_", "apply_plan", "save_plan", "load_plan", "adaptive_bn_fitness",
+           "IMPORTANCES", "Importance", "FPGMImportance", "NormImportance", "SquaredNormImportance",
+           "RandomImportance"]
