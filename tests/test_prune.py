@@ -283,3 +283,45 @@ def test_iterative_and_soft_schedules_call_finetune_and_reach_the_ratio():
     assert calls == [0, 1] and zeros == [8, 8]  # half of the stem's 16 filters zeroed each round
     assert m.conv1.out_channels == 8 and rep["channels_removed"] > 0
 
+
+
+def test_model_that_cannot_be_traced_is_a_typed_error_and_left_unchanged():
+    class Frozen(nn.Module):  # no autograd graph: the tracer sees nothing
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            with torch.no_grad():
+                return self.fc(self.c2(self.c1(x)).mean((2, 3)))
+
+    m = Frozen().eval()
+    x = torch.randn(1, 3, 8, 8)
+    ref = m(x)
+    with pytest.raises(PruningError, match="no channel groups.*no_grad"):
+        prune_(m, PruneConfig(ratio=0.5), (x,))
+    assert m.c1.out_channels == 8
+    torch.testing.assert_close(m(x), ref)
+
+
+def test_a_group_the_tracer_maps_wrongly_is_refused_not_pruned():
+    class FlatShuffle(nn.Module):  # Torch-Pruning takes this channel shuffle for a plain reshape
+        def __init__(self):
+            super().__init__()
+            self.c1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.c2 = nn.Conv2d(8, 8, 3, padding=1)
+            self.fc = nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.c1(x)
+            b, c, h, w = y.shape
+            y = y.view(b, 2, c // 2, h, w).transpose(1, 2).reshape(b, c, h, w)
+            return self.fc(self.c2(y).mean((2, 3)))
+
+    m = FlatShuffle().eval()
+    x = torch.randn(2, 3, 8, 8)
+    rep = prune_(m, PruneConfig(method="l2", ratio=0.5), (x,))
+    assert m.c1.out_channels == 8 and m.c2.out_channels == 4
+    assert [s["where"] for s in rep["skipped"]] == ["c1"] and "zeroing" in rep["skipped"][0]["reason"]

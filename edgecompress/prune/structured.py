@@ -224,9 +224,14 @@ class _Pruner:
         return groups, skipped + skipped_groups
 
     def check_mode(self, g) -> str:
+        """"auto": removing must equal zeroing (this catches index mappings the tracer got wrong,
+        e.g. a channel shuffle it took for a plain reshape), except in groups with a layer that
+        normalises across channels (LayerNorm, GroupNorm), where no zeroing equals removal; those
+        are checked by running the pruned model."""
         if self.cfg.check != "auto":
             return self.cfg.check
-        return "equivalence" if g.part else "run"
+        cross = (nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+        return "run" if any(isinstance(m.module, cross) for m in g.members) else "equivalence"
 
     def apply(self, groups, removals) -> tuple[int, int, list[Skipped]]:
         with torch.no_grad():
@@ -295,6 +300,14 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
             report["skipped"] += [s.to_dict() for s in skipped]
             report["partitioned"] = pr.partitioned
             report["groups_found"] = len(groups)
+            prunable = [n for n, m in model.named_modules() if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+                        and m not in ignored]
+            if not groups and prunable:
+                why = skipped[0].reason if skipped else "the traced graph holds none of its layers"
+                raise PruningError(
+                    f"Torch-Pruning found no channel groups although the model has prunable layers {prunable[:4]} "
+                    f"({why}); the forward must build an autograd graph (no torch.no_grad or .detach inside), "
+                    "or prune its submodules separately")
             if cfg.schedule == "soft":
                 _run_soft(pr, groups, importance, finetune, report)
             else:
@@ -311,6 +324,11 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
                         finetune(model, step)
     finally:
         model.train(was_training)
+    if report.get("partitioned") and report["groups_pruned"] == 0:
+        raise PruningError(
+            "Torch-Pruning cannot trace this model as a whole and no part of it could be pruned on its own "
+            f"({report['skipped'][0]['reason']}); make the forward traceable (no data-dependent reshapes), "
+            "or prune its submodules separately. The model was left unchanged.")
     with torch.no_grad():
         model.eval()
         model(*example_inputs)
