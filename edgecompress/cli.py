@@ -83,7 +83,7 @@ def _compress(a, load_model, *, defaults_epochs: int) -> int:
     _threads(a)
     train, val = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
                                  test_subset=a.val_subset, seed=a.seed)
-    prune = ec.PruneConfig(method=a.method, ratio=a.ratio) if a.ratio > 0 else False
+    prune = _prune_config(a) if a.ratio > 0 or a.macs_target else False
     epochs = defaults_epochs if a.epochs is None else a.epochs
     distill = ec.DistillConfig(epochs=epochs, lr=a.lr, temperature=a.temperature, alpha=a.alpha,
                                beta=1 - a.alpha, seed=a.seed) if epochs > 0 else False
@@ -148,11 +148,61 @@ def _cmd_models(a) -> int:
     return 0
 
 
+def _add_prune_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--method", default="fpgm", help="pruning criterion: fpgm, l1, l2, legr, random")
+    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group (0 = no pruning)")
+    p.add_argument("--prune-mode", default="local", choices=["local", "global"],
+                   help="local: every group loses --ratio; global: one threshold across layers")
+    p.add_argument("--macs-target", type=float, default=None, help="keep this fraction of MACs (global/legr)")
+    p.add_argument("--round-to", type=int, default=None, help="kept channels a multiple of N (e.g. 8 for ncnn packing)")
+    p.add_argument("--prune-schedule", default="oneshot", choices=["oneshot", "iterative", "soft"])
+    p.add_argument("--prune-steps", type=int, default=1, help="rounds of the iterative/soft schedule")
+
+
+def _prune_config(a):
+    from edgecompress.prune import PruneConfig
+
+    return PruneConfig(method=a.method, ratio=a.ratio, mode=a.prune_mode, macs_target=a.macs_target,
+                       round_to=a.round_to, schedule=a.prune_schedule, steps=a.prune_steps)
+
+
+def _cmd_prune(a) -> int:
+    """Prune a zoo model (no fine-tuning): pruned weights, the plan and the report into --out."""
+    import torch
+    from safetensors.torch import save_file
+
+    from edgecompress.analysis import count_macs, count_params
+    from edgecompress.prune import adaptive_bn_fitness, prune_, save_plan
+
+    cfg = _prune_config(a)
+    model = _load_model(a)
+    x = torch.randn(1, 3, 32, 32)
+    p0, m0 = count_params(model), count_macs(model, (x,))
+    kw = {}
+    if cfg.method == "legr":
+        from edgecompress.data import cifar10_loaders
+
+        train, val = cifar10_loaders(a.data, batch_size=128, test_subset=1024, seed=a.seed)
+        kw["fitness"] = adaptive_bn_fitness(train, val)
+    rep = prune_(model, cfg, (x,), **kw)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(out / f"{a.model}_pruned.safetensors"))
+    save_plan(rep["plan"], out / "prune_plan.json")
+    (out / "prune_report.json").write_text(json.dumps(rep, indent=1, default=str))
+    p1, m1 = count_params(model), count_macs(model, (x,))
+    print(f"{a.model}: {rep['groups_pruned']}/{rep['groups_found']} groups pruned, {rep['channels_removed']} channels "
+          f"removed; params {p0:,} -> {p1:,} ({p1 / p0:.1%}), MACs {m0:,} -> {m1:,} ({m1 / m0:.1%})")
+    for s in rep["skipped"]:
+        print(f"  left intact: {s['where']}: {s['reason']}")
+    print(f"wrote {out}/{a.model}_pruned.safetensors, prune_plan.json, prune_report.json")
+    return 0
+
+
 def _add_compress_args(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--target", default="ncnn", help="deployment target (see `edgecompress targets`)")
     p.add_argument("--data", default=None, help="CIFAR-10 archive/folder (default: $EDGECOMPRESS_CIFAR10)")
-    p.add_argument("--method", default="fpgm", help="pruning criterion: fpgm, l1, l2, random")
-    p.add_argument("--ratio", type=float, default=0.5, help="fraction of channels removed per group (0 = no pruning)")
+    _add_prune_args(p)
     p.add_argument("--epochs", type=int, default=None, help=f"distillation epochs (default {DEMO_EPOCHS}; 0 = none)")
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--temperature", type=float, default=4.0)
@@ -180,6 +230,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--weights", default="pretrained", help="'pretrained' (shipped), a .safetensors or state_dict .pt file, or '' for random init")
     _add_compress_args(c, out="runs/compress")
     c.set_defaults(fn=_cmd_compress)
+
+    pr = sub.add_parser("prune", help="prune a zoo model (no fine-tuning); writes weights, plan and report")
+    pr.add_argument("--model", default="resnet20")
+    pr.add_argument("--weights", default="pretrained", help="'pretrained', a .safetensors/.pt state_dict, or ''")
+    pr.add_argument("--data", default=None, help="CIFAR-10 (only for --method legr)")
+    _add_prune_args(pr)
+    pr.add_argument("--seed", type=int, default=0)
+    pr.add_argument("--out", default="runs/prune")
+    pr.set_defaults(fn=_cmd_prune)
 
     t = sub.add_parser("train", help="train a zoo model on CIFAR-10 from scratch")
     t.add_argument("--model", default="resnet20")

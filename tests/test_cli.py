@@ -29,3 +29,24 @@ def test_unknown_target_exits_2_with_the_fix(cmd):
     p = run(cmd, "--target", "ncnx", check=False)
     assert p.returncode == 2
     assert "UnknownTargetError: 'ncnx'; known targets: ncnn, onnx, torch" in p.stderr
+
+
+def test_prune_command_writes_weights_plan_and_report(tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    from edgecompress.models import create_model, load_pretrained
+    from edgecompress.prune import apply_plan, load_plan
+
+    p = run("prune", "--model", "resnet20", "--method", "fpgm", "--ratio", "0.5", "--round-to", "8",
+            "--out", str(tmp_path))
+    assert "12/12 groups pruned" in p.stdout and "MACs 40,813,184 ->" in p.stdout
+    plan = load_plan(tmp_path / "prune_plan.json")
+    m = apply_plan(create_model("resnet20"), plan, (torch.randn(1, 3, 32, 32),))
+    m.load_state_dict(load_file(str(tmp_path / "resnet20_pruned.safetensors")))
+    assert all(c.out_channels % 8 == 0 for c in m.modules() if isinstance(c, torch.nn.Conv2d))
+    x = torch.randn(4, 3, 32, 32)
+    ref = load_pretrained("resnet20")
+    assert m.eval()(x).shape == ref(x).shape
+    bad = run("prune", "--ratio", "1.2", "--out", str(tmp_path / "bad"), check=False)
+    assert bad.returncode == 2 and "ratio" in bad.stderr and not (tmp_path / "bad").exists()
