@@ -266,7 +266,7 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
     qmodel = None
     if quant_cfg:
         qmodel = copy.deepcopy(student)
-        qrep = quantize_(qmodel, quant_cfg, train_data, scheme=tgt.quant_scheme, progress=progress)
+        qrep = quantize_(qmodel, quant_cfg, train_data, target=tgt.name, progress=progress)
         if val_data is not None:
             q_logits, labels = predict(qmodel, val_data)
             qrep["top1"] = top1(q_logits, labels)

@@ -1,6 +1,18 @@
-"""Int8 post-training quantization, simulated in PyTorch with fake-quant modules."""
+"""Int8 quantization simulated in PyTorch under each backend's exact integer contract."""
 
+from edgecompress.quantize.calibrate import METHODS, Observer
+from edgecompress.quantize.contracts import CONTRACTS, Contract, fake_quant, quantize_codes, resolve_contract
 from edgecompress.quantize.fold import fold_bn_
-from edgecompress.quantize.ptq import FakeQuantConv2d, FakeQuantLinear, QuantConfig, quantize_
+from edgecompress.quantize.ptq import (
+    FakeQuantConv2d,
+    FakeQuantLinear,
+    QuantConfig,
+    quant_layers,
+    quantize_,
+    sensitivity,
+    weight_qparams,
+)
 
-__all__ = ["QuantConfig", "quantize_", "fold_bn_", "FakeQuantConv2d", "FakeQuantLinear"]
+__all__ = ["QuantConfig", "quantize_", "sensitivity", "quant_layers", "weight_qparams", "fold_bn_",
+           "FakeQuantConv2d", "FakeQuantLinear", "CONTRACTS", "Contract", "resolve_contract", "fake_quant",
+           "quantize_codes", "METHODS", "Observer"]

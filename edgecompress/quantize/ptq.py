@@ -1,18 +1,23 @@
-"""Post-training int8 quantization simulated in PyTorch.
+"""Int8 quantization simulated in PyTorch under a backend's exact contract (see ``contracts``).
 
-Every Conv2d / Linear gets fake-quantized weights (per output channel, symmetric s8 in
-[-127, 127]) and a fake-quantized input activation (per tensor), which is where ncnn and
-onnxruntime's QDQ kernels quantize. Two activation schemes:
+Every Conv2d / Linear gets fake-quantized weights (s8, per output channel; per group for ncnn's
+grouped convs) and a fake-quantized input, which is where ncnn, TensorRT and onnxruntime's QDQ
+kernels quantize (after the producer's fused activation). BatchNorm is folded into the convs first.
 
-* ``affine``: u8 with a zero point, x ≈ s·(q − z), q ∈ [0, 255] (onnxruntime CPU, our kernels);
-* ``symmetric``: s8 without zero point, q ∈ [−127, 127] (ncnn, TensorRT).
+>>> qmodel = copy.deepcopy(model)
+>>> rep = quantize_(qmodel, QuantConfig(calibration="entropy"), calib_loader, target="ncnn")  # doctest: +SKIP
+>>> rep["spec"]["layers"]["layer1.0.conv1"]["act"]["scale"]                                  # doctest: +SKIP
 
->>> qmodel = copy.deepcopy(model); report = quantize_(qmodel, QuantConfig(), calib_loader)  # doctest: +SKIP
+``rep["spec"]`` is the quantized model's metadata, plain JSON: the contract, and per layer its
+activation scale/zero point/range, weight scales, and whether (and why) it stays float. Exporters
+read it; none recomputes scales.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
+import warnings
 
 import torch
 import torch.nn as nn
@@ -20,159 +25,282 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from edgecompress.config import Config, check_choice, check_range
-from edgecompress.errors import DataError
+from edgecompress.errors import ConfigError, DataError
+from edgecompress.quantize.calibrate import METHODS, Observer, range_to_qparams
+from edgecompress.quantize.contracts import Contract, fake_quant, resolve_contract
 from edgecompress.quantize.fold import fold_bn_
+from edgecompress.utils import sqnr_db
 
 W_QMIN, W_QMAX = -127, 127
+_UNSUPPORTED = (nn.Conv1d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d, nn.Bilinear)
 
 
 @dataclasses.dataclass
 class QuantConfig(Config):
-    """scheme: affine | symmetric | None (the target's default). calibration: minmax | percentile."""
+    """scheme: affine | symmetric | None (the target's). calibration: minmax | percentile | entropy |
+    mse, overridable per layer with ``layer_calibration={"fc": "minmax"}`` (fnmatch patterns).
+    ``skip_layers`` stay float; ``fallback_layers=k`` also keeps the k layers whose own
+    quantization hurts the output most (sensitivity analysis) in float. Calibration ranges are
+    recomputed on ``stability_splits`` disjoint subsets of the batches; a layer whose threshold
+    spreads by more than ``stability_tol`` is flagged."""
 
     scheme: str | None = None
     calibration: str = "percentile"
+    layer_calibration: dict[str, str] | None = None
     percentile: float = 99.99
     calib_batches: int = 8
     per_channel: bool = True
     skip_layers: tuple[str, ...] = ()
+    fallback_layers: int = 0
+    stability_splits: int = 4
+    stability_tol: float = 0.10
+    seed: int = 0
 
     def validate(self) -> None:
         n = type(self).__name__
         if self.scheme is not None:
             check_choice(n, "scheme", self.scheme, {"affine", "symmetric"})
-        check_choice(n, "calibration", self.calibration, {"minmax", "percentile"})
+        check_choice(n, "calibration", self.calibration, set(METHODS))
+        for pat, m in (self.layer_calibration or {}).items():
+            check_choice(f"{n}.layer_calibration[{pat!r}]", "method", m, set(METHODS))
         check_range(n, "percentile", self.percentile, 50.0, 100.0)
         check_range(n, "calib_batches", self.calib_batches, 1, 100_000)
+        check_range(n, "fallback_layers", self.fallback_layers, 0, 100_000)
+        check_range(n, "stability_splits", self.stability_splits, 0, 1000)
+        check_range(n, "stability_tol", self.stability_tol, 0.0, 100.0)
         self.skip_layers = tuple(self.skip_layers)
 
+    def method_for(self, layer: str) -> str:
+        for pat, m in (self.layer_calibration or {}).items():
+            if fnmatch.fnmatchcase(layer, pat):
+                return m
+        return self.calibration
 
-class _ActObserver(nn.Module):
-    """Collects the range of the tensors it sees, then fake-quantizes them."""
 
-    def __init__(self, scheme: str, calibration: str, percentile: float):
-        super().__init__()
-        self.scheme, self.calibration, self.percentile = scheme, calibration, percentile
-        self.observing = True
-        self.register_buffer("lo", torch.tensor(float("inf")))
-        self.register_buffer("hi", torch.tensor(float("-inf")))
-        self.register_buffer("scale", torch.tensor(1.0))
-        self.register_buffer("zero_point", torch.tensor(0, dtype=torch.int32))
-        self._los, self._his = [], []
+def weight_qparams(w: torch.Tensor, contract: Contract, per_channel: bool, groups: int = 1) -> tuple[torch.Tensor, str]:
+    """Per-output-channel weight scales (contract convention) and their granularity."""
+    absmax = w.detach().abs().flatten(1).amax(1).float()
+    granularity = "per_channel"
+    if not per_channel:
+        absmax, granularity = absmax.max().expand(w.shape[0]).clone(), "per_tensor"
+    elif groups > 1 and contract.grouped_weights == "per_group" and w.shape[0] // groups > 1:
+        absmax = absmax.view(groups, -1).amax(1).repeat_interleave(w.shape[0] // groups)
+        granularity = "per_group"
+    absmax = absmax.clamp_min(1e-12)
+    if contract.convention == "multiply":
+        return (torch.tensor(float(W_QMAX)) / absmax).float(), granularity
+    return (absmax / W_QMAX).float(), granularity
+
+
+class _QuantMixin:
+    """Input + weight fake quantization for a conv/linear; ``observer`` set while calibrating."""
+
+    def _setup(self, src: nn.Module, contract: Contract, per_channel: bool) -> None:
+        self.load_state_dict(src.state_dict())
+        self.contract = contract
+        self.observer: Observer | None = None
+        self.enabled = True
+        self.register_buffer("act_scale", torch.tensor(1.0))
+        self.register_buffer("act_zero_point", torch.tensor(0))
+        w_scale, self.w_granularity = weight_qparams(src.weight, contract, per_channel, getattr(src, "groups", 1))
+        self.register_buffer("w_scale", w_scale)
 
     @property
-    def qrange(self) -> tuple[int, int]:
-        return (0, 255) if self.scheme == "affine" else (-127, 127)
+    def act_qrange(self) -> tuple[int, int]:
+        return self.contract.act_qmin, self.contract.act_qmax
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.observing:
-            xf = x.detach().float().flatten()
-            if self.calibration == "percentile" and xf.numel() > 1:
-                k = self.percentile / 100.0
-                sample = xf if xf.numel() <= 2**24 else xf[:: xf.numel() // 2**24 + 1]
-                self._los.append(torch.quantile(sample, 1 - k).item())
-                self._his.append(torch.quantile(sample, k).item())
-            else:
-                self._los.append(xf.min().item())
-                self._his.append(xf.max().item())
+    def quant_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.observe(x)
             return x
-        qmin, qmax = self.qrange
-        return torch.fake_quantize_per_tensor_affine(x, self.scale.item(), int(self.zero_point.item()), qmin, qmax)
+        if not self.enabled:
+            return x
+        return fake_quant(x, self.act_scale, self.act_zero_point, *self.act_qrange, self.contract)
 
-    def finalize(self) -> None:
-        if not self._los:
-            raise DataError("a quantized layer saw no calibration data; pass calibration batches that reach every layer")
-        reduce = (lambda v: sum(v) / len(v)) if self.calibration == "percentile" else None
-        lo = reduce(self._los) if reduce else min(self._los)
-        hi = reduce(self._his) if reduce else max(self._his)
-        lo, hi = min(lo, 0.0), max(hi, 0.0)
-        if self.scheme == "affine":
-            scale = max((hi - lo) / 255.0, 1e-8)
-            zp = int(min(255, max(0, round(-lo / scale))))
-        else:
-            scale = max(max(abs(lo), abs(hi)) / 127.0, 1e-8)
-            zp = 0
-        self.lo.fill_(lo)
-        self.hi.fill_(hi)
-        self.scale.fill_(scale)
-        self.zero_point.fill_(zp)
-        self.observing = False
-        self._los, self._his = [], []
+    def quant_weight(self) -> torch.Tensor:
+        if not self.enabled:
+            return self.weight
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        return fake_quant(self.weight, self.w_scale.view(shape), 0, W_QMIN, W_QMAX, self.contract)
 
 
-def _weight_scales(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    absmax = w.detach().abs().flatten(1).amax(1) if per_channel else w.detach().abs().max().expand(w.shape[0])
-    return (absmax / W_QMAX).clamp_min(1e-12).float()
-
-
-def _fq_weight(w: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
-    zp = torch.zeros(len(scales), dtype=torch.int32)
-    return torch.fake_quantize_per_channel_affine(w, scales, zp, 0, W_QMIN, W_QMAX)
-
-
-def _attach_quant(q: nn.Module, src: nn.Module, cfg: QuantConfig, scheme: str) -> nn.Module:
-    """Copy ``src``'s weights into ``q`` and give it an input observer and per-channel weight scales."""
-    q.load_state_dict(src.state_dict())
-    q.act = _ActObserver(scheme, cfg.calibration, cfg.percentile)
-    q.register_buffer("w_scale", _weight_scales(src.weight, cfg.per_channel))
-    return q
-
-
-class FakeQuantConv2d(nn.Conv2d):
-    """Conv2d computing on int8-representable inputs and weights (float arithmetic, exact grid)."""
-
+class FakeQuantConv2d(_QuantMixin, nn.Conv2d):
     @classmethod
-    def from_float(cls, conv: nn.Conv2d, cfg: QuantConfig, scheme: str) -> "FakeQuantConv2d":
+    def from_float(cls, conv: nn.Conv2d, contract: Contract, per_channel: bool = True) -> "FakeQuantConv2d":
         q = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
                 conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)
-        return _attach_quant(q, conv, cfg, scheme)
+        q._setup(conv, contract, per_channel)
+        return q
 
     def forward(self, x):
-        return self._conv_forward(self.act(x), _fq_weight(self.weight, self.w_scale), self.bias)
+        return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
 
 
-class FakeQuantLinear(nn.Linear):
+class FakeQuantLinear(_QuantMixin, nn.Linear):
     @classmethod
-    def from_float(cls, lin: nn.Linear, cfg: QuantConfig, scheme: str) -> "FakeQuantLinear":
+    def from_float(cls, lin: nn.Linear, contract: Contract, per_channel: bool = True) -> "FakeQuantLinear":
         q = cls(lin.in_features, lin.out_features, lin.bias is not None)
-        return _attach_quant(q, lin, cfg, scheme)
+        q._setup(lin, contract, per_channel)
+        return q
 
     def forward(self, x):
-        return F.linear(self.act(x), _fq_weight(self.weight, self.w_scale), self.bias)
+        return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
 
 
-def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, scheme: str = "affine", progress: bool = True) -> dict:
-    """Fold BN, swap Conv2d/Linear for fake-quant versions, calibrate activation ranges on
-    ``cfg.calib_batches`` batches of ``calib_data``. In place; returns per-layer scales."""
-    scheme = cfg.scheme or scheme
-    model.eval()
-    folded = fold_bn_(model)
-    swapped = {}
+def quant_layers(model: nn.Module) -> dict[str, _QuantMixin]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, _QuantMixin)}
+
+
+def _swap(model: nn.Module, cfg: QuantConfig, contract: Contract) -> tuple[dict, dict]:
+    swapped, floats = {}, {}
     for name, mod in list(model.named_modules()):
         if name in cfg.skip_layers:
+            floats[name] = "skip_layers"
             continue
         if type(mod) is nn.Conv2d:
-            swapped[name] = FakeQuantConv2d.from_float(mod, cfg, scheme)
+            swapped[name] = FakeQuantConv2d.from_float(mod, contract, cfg.per_channel)
         elif type(mod) is nn.Linear:
-            swapped[name] = FakeQuantLinear.from_float(mod, cfg, scheme)
+            swapped[name] = FakeQuantLinear.from_float(mod, contract, cfg.per_channel)
+        elif isinstance(mod, _UNSUPPORTED) or (type(mod) not in (nn.Conv2d, nn.Linear)
+                                                and isinstance(mod, (nn.Conv2d, nn.Linear))):
+            floats[name] = f"{type(mod).__name__} is not quantized by edgecompress; kept float"
+            warnings.warn(f"layer {name!r} ({type(mod).__name__}) cannot be quantized; it stays float",
+                          UserWarning, stacklevel=3)
     for name, q in swapped.items():
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, q)
+    return swapped, floats
+
+
+def _calibrate(model: nn.Module, layers: dict, cfg: QuantConfig, calib_data, progress: bool) -> int:
+    for i, (name, q) in enumerate(layers.items()):
+        q.observer = Observer(cfg.method_for(name), cfg.percentile, seed=cfg.seed + i)
     seen = 0
-    with torch.no_grad():
-        for i, (x, _) in enumerate(tqdm(calib_data, total=cfg.calib_batches, desc="calibrate", disable=not progress, leave=False)):
-            if i >= cfg.calib_batches:
-                break
-            model(x)
-            seen += 1
+    try:
+        with torch.no_grad():
+            it = tqdm(calib_data, total=cfg.calib_batches, desc="calibrate", disable=not progress, leave=False)
+            for x, _ in it:
+                if seen >= cfg.calib_batches:
+                    break
+                if not torch.is_tensor(x) or x.numel() == 0:
+                    raise DataError("a calibration batch is empty; pass batches of at least one image")
+                if x.is_floating_point() and not torch.isfinite(x).all():
+                    raise DataError("the calibration data contains NaN/Inf; clean it (or use the training loader)")
+                model(x)
+                seen += 1
+    except BaseException:
+        for q in layers.values():
+            q.observer = None
+        raise
     if seen == 0:
+        for q in layers.values():
+            q.observer = None
         raise DataError("no calibration batches: pass non-empty train_data (or calib data) to quantize")
-    for q in swapped.values():
-        q.act.finalize()
+    return seen
+
+
+def _finalize(layers: dict, cfg: QuantConfig) -> dict:
+    stats = {}
+    for name, q in layers.items():
+        obs = q.observer
+        symmetric = q.contract.act_scheme == "symmetric"
+        lo, hi = obs.compute_range(q.contract, symmetric)
+        scale, zp = range_to_qparams(lo, hi, q.contract, symmetric)
+        q.act_scale.fill_(scale)
+        q.act_zero_point.fill_(zp)
+        spread = obs.stability(q.contract, symmetric, cfg.stability_splits)
+        stats[name] = {"range": [lo, hi], "method": obs.method, "stability": spread,
+                       "unstable": spread is not None and spread > cfg.stability_tol, "batches": obs.batches}
+        q.observer = None
+    return stats
+
+
+@torch.no_grad()
+def sensitivity(model: nn.Module, batches: list, metric: str = "sqnr", labels: bool = False) -> dict[str, float]:
+    """Quantize one layer at a time (all others float) on an already calibrated model; per layer the
+    output SQNR (dB, higher = less sensitive) or, with ``metric="top1"``, the top-1 drop vs float."""
+    layers = quant_layers(model)
+    prev = {n: q.enabled for n, q in layers.items()}
+    try:
+        for q in layers.values():
+            q.enabled = False
+        ref = [model(x) for x, _ in batches]
+        ref_acc = (sum((r.argmax(1) == y).sum().item() for r, (_, y) in zip(ref, batches))
+                   / sum(len(y) for _, y in batches)) if metric == "top1" else None
+        out = {}
+        for name, q in layers.items():
+            q.enabled = True
+            ys = [model(x) for x, _ in batches]
+            if metric == "top1":
+                acc = sum((o.argmax(1) == y).sum().item() for o, (_, y) in zip(ys, batches)) / sum(len(y) for _, y in batches)
+                out[name] = ref_acc - acc
+            else:
+                out[name] = sqnr_db(torch.cat(ref), torch.cat(ys))
+            q.enabled = False
+    finally:
+        for n, q in layers.items():
+            q.enabled = prev[n]
+    return out
+
+
+def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | None = None,
+              scheme: str | None = None, progress: bool = True) -> dict:
+    """Fold BN, swap Conv2d/Linear for fake-quant versions under ``target``'s contract (or a generic
+    ``scheme``), calibrate on ``cfg.calib_batches`` batches of ``calib_data``, apply the float
+    fallback. In place; returns the report, whose ``spec`` is the exporters' metadata."""
+    contract = resolve_contract(target, cfg.scheme or scheme)
+    model.eval()
+    folded = fold_bn_(model)
+    layers, floats = _swap(model, cfg, contract)
+    if not layers:
+        raise ConfigError("no Conv2d/Linear layer to quantize (all skipped or unsupported); check skip_layers")
+    seen = _calibrate(model, layers, cfg, calib_data, progress)
+    stats = _finalize(layers, cfg)
+    sens = None
+    if cfg.fallback_layers:
+        batches = []
+        for x, y in calib_data:
+            batches.append((x, y))
+            if len(batches) >= min(2, cfg.calib_batches):
+                break
+        sens = sensitivity(model, batches)
+        for name in sorted(sens, key=sens.get)[: cfg.fallback_layers]:
+            layers[name].enabled = False
+            floats[name] = f"sensitivity fallback (output SQNR {sens[name]:.1f} dB when quantized alone)"
+    spec_layers = {}
+    for name, q in layers.items():
+        st = stats[name]
+        spec_layers[name] = {
+            "type": "conv" if isinstance(q, nn.Conv2d) else "linear",
+            "float": not q.enabled,
+            "act": {"scale": q.act_scale.item(), "zero_point": int(q.act_zero_point.item()),
+                    "qmin": contract.act_qmin, "qmax": contract.act_qmax, "range": st["range"],
+                    "method": st["method"], "stability": st["stability"], "unstable": st["unstable"]},
+            "weight": {"scales": q.w_scale.tolist(), "axis": 0, "granularity": q.w_granularity,
+                       "qmin": W_QMIN, "qmax": W_QMAX, "groups": getattr(q, "groups", 1)},
+        }
+        if not q.enabled:
+            spec_layers[name]["reason"] = floats[name]
+    unstable = [n for n, s in stats.items() if s["unstable"]]
+    if unstable:
+        warnings.warn(f"calibration ranges vary by more than {cfg.stability_tol:.0%} across calibration subsets "
+                      f"for {unstable}; use more calibration batches or a clipping method (percentile/entropy/mse)",
+                      UserWarning, stacklevel=2)
+    spec = {"format": "edgecompress.quant.spec/1", "contract": contract.to_dict(),
+            "scale_convention": "q = x * scale (ncnn multiplier)" if contract.convention == "multiply"
+            else "q = x / scale + zero_point", "layers": spec_layers,
+            "float_layers": {n: r for n, r in floats.items()}}
+    w_sqnr = {}
+    for name, q in layers.items():
+        w_sqnr[name] = sqnr_db(q.weight.detach(), q.quant_weight().detach()) if q.enabled else None
     return {
-        "scheme": scheme, "calibration": cfg.calibration, "calib_batches": seen, "bn_folded": folded,
-        "layers": {n: {"act_scale": q.act.scale.item(), "act_zero_point": int(q.act.zero_point.item()),
-                       "act_range": [q.act.lo.item(), q.act.hi.item()],
-                       "w_scale_min": q.w_scale.min().item(), "w_scale_max": q.w_scale.max().item()}
-                   for n, q in swapped.items()},
+        "scheme": contract.act_scheme, "contract": contract.name, "calibration": cfg.calibration,
+        "calib_batches": seen, "bn_folded": folded, "unstable_layers": unstable, "sensitivity": sens,
+        "float_layers": spec["float_layers"], "spec": spec,
+        "layers": {n: {"act_scale": s["act"]["scale"], "act_zero_point": s["act"]["zero_point"],
+                       "act_range": s["act"]["range"], "stability": s["act"]["stability"],
+                       "w_scale_min": min(s["weight"]["scales"]), "w_scale_max": max(s["weight"]["scales"]),
+                       "weight_sqnr_db": w_sqnr[n], "float": s["float"]}
+                   for n, s in spec_layers.items()},
     }
+
