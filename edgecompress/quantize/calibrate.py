@@ -8,7 +8,7 @@ subsets; a spread above ``stability_tol`` is flagged in the report).
 
 - ``minmax``: the extreme values seen.
 - ``percentile``: the p-th percentile of |x| (symmetric) or the (100-p, p) percentiles (affine).
-- ``entropy``: TensorRT/ncnn2table KL search: a 2048-bin histogram of |x|; for each candidate
+- ``entropy``: TensorRT/ncnn2table KL search: a 2048-bin histogram of the non-zero |x|; for each candidate
   threshold (bins 128..2048) fold the tail into the last bin, quantize the distribution to 128
   levels, and keep the threshold whose quantized distribution is closest (KL) to the reference.
 - ``mse``: the clipping threshold (a fraction of the range, searched on a grid) that minimises the
@@ -28,6 +28,9 @@ METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
 def _kl_threshold(absvals: np.ndarray, absmax: float, bins: int = 2048, levels: int = 128) -> float:
+    absvals = absvals[absvals != 0]  # exact zeros (ReLU) are skipped, as ncnn2table and TensorRT do
+    if absvals.size == 0:
+        return absmax
     hist, edges = np.histogram(absvals, bins=bins, range=(0.0, absmax))
     hist = hist.astype(np.float64)
     best_t, best_kl = absmax, math.inf
