@@ -149,6 +149,8 @@ def compress(
     t_start = time.time()
     tgt = get_target(target)
     prune_cfg = _resolve(prune, PruneConfig, "prune")
+    if prune_cfg and prune_cfg.round_to is None and tgt.prune_round_to:
+        prune_cfg = dataclasses.replace(prune_cfg, round_to=tgt.prune_round_to)  # the target's packing width
     distill_cfg = _resolve(distill, DistillConfig, "distill")
     quant_cfg = _resolve(quantize, QuantConfig, "quantize")
     bench_cfg = _resolve(bench, BenchConfig, "bench")

@@ -17,6 +17,7 @@ class Target:
     exporters: tuple[str, ...]
     quant_scheme: str  # the int8 contract simulated: "affine" (zero points) or "symmetric"
     description: str
+    prune_round_to: int | None = None  # default PruneConfig.round_to: the runtime's channel packing
 
 
 _TARGETS: dict[str, Target] = {}
@@ -40,6 +41,7 @@ def get_target(name: str) -> Target:
 register_target(Target("onnx", ("onnx",), "affine",
                        "ONNX fp32 (dynamic batch), verified in onnxruntime; int8 simulated affine (u8 + zero point)"))
 register_target(Target("ncnn", ("ncnn", "onnx"), "symmetric",
-                       "ncnn fp32 param/bin via pnnx, verified in ncnn; int8 simulated symmetric (ncnn's contract)"))
+                       "ncnn fp32 param/bin via pnnx, verified in ncnn; int8 simulated symmetric (ncnn's contract)",
+                       prune_round_to=8))  # ncnn packs channels by 8 on x86 AVX (elempack 8) and 4 on ARM
 register_target(Target("torch", ("torch",), "affine",
                        "torch.export program (.pt2), verified by re-loading; int8 simulated affine"))

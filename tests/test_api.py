@@ -41,6 +41,10 @@ def test_compress_end_to_end_ncnn(loaders, tmp_path):
     assert 0 <= r["int8_simulated"]["top1"] <= 1 and r["int8_simulated"]["scheme"] == "symmetric"
     assert res.artifacts["ncnn_param"] == out / "model.ncnn.param"
     assert res.model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    # ncnn's default round_to=8: every pruned conv keeps a multiple of 8 channels
+    assert r["prune"]["config"]["round_to"] == 8
+    assert all(c.out_channels % 8 == 0 for c in res.model.modules() if isinstance(c, torch.nn.Conv2d))
+    assert r["int8_simulated"]["contract"] == "ncnn" and r["int8_simulated"]["spec"]["contract"]["rounding"] == "half_away"
     saved = res.save(tmp_path / "copy")
     assert (saved / "model.onnx").exists() and (saved / "report.html").exists()
 

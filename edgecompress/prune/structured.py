@@ -72,7 +72,8 @@ class LegrConfig(Config):
 @dataclasses.dataclass
 class PruneConfig(Config):
     """See the module docstring. The classifier (last Linear, or the conv that produces the output)
-    is never pruned; ``ignored_layers`` adds module names."""
+    is never pruned; ``ignored_layers`` adds module names. ``round_to=None`` in ``compress`` takes
+    the target's packing width (ncnn: 8); pass 1 for no rounding."""
 
     method: str = "fpgm"
     ratio: float = 0.5
