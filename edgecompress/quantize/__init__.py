@@ -12,7 +12,8 @@ from edgecompress.quantize.ptq import (
     sensitivity,
     weight_qparams,
 )
+from edgecompress.quantize.qat import qat_
 
-__all__ = ["QuantConfig", "quantize_", "sensitivity", "quant_layers", "weight_qparams", "fold_bn_",
+__all__ = ["qat_", "QuantConfig", "quantize_", "sensitivity", "quant_layers", "weight_qparams", "fold_bn_",
            "FakeQuantConv2d", "FakeQuantLinear", "CONTRACTS", "Contract", "resolve_contract", "fake_quant",
            "quantize_codes", "METHODS", "Observer"]

@@ -100,8 +100,11 @@ class _QuantMixin:
         self.contract = contract
         self.observer: Observer | None = None
         self.enabled = True
+        self.ema: float | None = None  # QAT: EMA momentum of the activation range while training
+        self.dynamic_weights = False  # QAT: weight scales follow the weights while training
         self.register_buffer("act_scale", torch.tensor(1.0))
         self.register_buffer("act_zero_point", torch.tensor(0))
+        self.register_buffer("act_range", torch.tensor([0.0, 0.0]))
         w_scale, self.w_granularity = weight_qparams(src.weight, contract, per_channel, getattr(src, "groups", 1))
         self.register_buffer("w_scale", w_scale)
 
@@ -115,13 +118,31 @@ class _QuantMixin:
             return x
         if not self.enabled:
             return x
+        if self.training and self.ema is not None:
+            self._update_range(x)
         return fake_quant(x, self.act_scale, self.act_zero_point, *self.act_qrange, self.contract)
+
+    @torch.no_grad()
+    def _update_range(self, x: torch.Tensor) -> None:
+        lo, hi = x.detach().min().float(), x.detach().max().float()
+        self.act_range.mul_(self.ema).add_((1 - self.ema) * torch.stack([lo, hi]))
+        scale, zp = range_to_qparams(self.act_range[0].item(), self.act_range[1].item(), self.contract)
+        self.act_scale.fill_(scale)
+        self.act_zero_point.fill_(zp)
+
+    def refresh_weight_scales(self) -> None:
+        self.w_scale.copy_(weight_qparams(self.weight, self.contract, self.w_granularity != "per_tensor",
+                                          getattr(self, "groups", 1))[0])
 
     def quant_weight(self) -> torch.Tensor:
         if not self.enabled:
             return self.weight
+        scale = self.w_scale
+        if self.training and self.dynamic_weights:
+            scale = weight_qparams(self.weight, self.contract, self.w_granularity != "per_tensor",
+                                   getattr(self, "groups", 1))[0]
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        return fake_quant(self.weight, self.w_scale.view(shape), 0, W_QMIN, W_QMAX, self.contract)
+        return fake_quant(self.weight, scale.view(shape), 0, W_QMIN, W_QMAX, self.contract)
 
 
 class FakeQuantConv2d(_QuantMixin, nn.Conv2d):
@@ -208,6 +229,7 @@ def _finalize(layers: dict, cfg: QuantConfig) -> dict:
         scale, zp = range_to_qparams(lo, hi, q.contract, symmetric)
         q.act_scale.fill_(scale)
         q.act_zero_point.fill_(zp)
+        q.act_range.copy_(torch.tensor([lo, hi]))
         spread = obs.stability(q.contract, symmetric, cfg.stability_splits)
         stats[name] = {"range": [lo, hi], "method": obs.method, "stability": spread,
                        "unstable": spread is not None and spread > cfg.stability_tol, "batches": obs.batches}
