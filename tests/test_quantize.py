@@ -298,6 +298,7 @@ def test_qat_with_kd_recovers_a_badly_calibrated_model_and_stays_on_the_grid():
     from edgecompress.utils import evaluate
 
     train, val = synthetic_loaders(n_train=1024, n_val=256, batch_size=64, learnable=True)
+    torch.manual_seed(0)
     teacher = create_model("tiny_cnn")
     fit(teacher, train, None, TrainConfig(epochs=4, lr=0.1, progress=False, bf16=False), log=lambda s: None)
     f_acc = evaluate(teacher, val)
@@ -307,10 +308,11 @@ def test_qat_with_kd_recovers_a_badly_calibrated_model_and_stays_on_the_grid():
     quantize_(q, QuantConfig(calibration="minmax", stability_splits=0), tiny, target="ncnn", progress=False)
     ptq_acc = evaluate(q, val)
     w0 = quant_layers(q)["fc"].weight.detach().clone()
-    qat_(q, teacher, train, None, DistillConfig(epochs=2, lr=0.01, progress=False, bf16=False), log=lambda s: None)
+    qat_(q, teacher, train, None, DistillConfig(epochs=4, lr=0.01, progress=False, bf16=False), ema_momentum=0.5,
+         log=lambda s: None)
     qat_acc = evaluate(q, val)
-    # measured: float 67.6%, PTQ with the bad ranges 7.8%, after 2 QAT+KD epochs 40.2%
-    assert f_acc >= 0.5 and qat_acc >= ptq_acc + 0.2, (f_acc, ptq_acc, qat_acc)
+    # measured: float 73.8%, PTQ with the bad ranges 12.5%, after 4 QAT+KD epochs 75.0%
+    assert f_acc >= 0.6 and qat_acc >= ptq_acc + 0.4 and qat_acc >= f_acc - 0.03, (f_acc, ptq_acc, qat_acc)
     assert not torch.equal(quant_layers(q)["fc"].weight, w0)  # STE gradients reached the weights
     for layer in quant_layers(q).values():  # frozen ranges and refreshed weight scales after QAT
         assert layer.ema is None and not layer.dynamic_weights
