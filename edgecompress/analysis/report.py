@@ -53,6 +53,16 @@ def report_tables(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                        f"{p['channels_removed']} channels removed{skipped}",
                        ["layer", "in before", "out before", "in after", "out after"],
                        [[n, str(wb[n][0]), str(wb[n][1]), str(wa[n][0]), str(wa[n][1])] for n in wa if wb.get(n) != wa[n]]))
+    if q.get("layers"):
+        tables.append((f"int8 simulation: {q.get('contract', q.get('scheme'))} contract, {q.get('calibration')} "
+                       f"calibration on {q.get('calib_batches')} batches",
+                       ["layer", "act scale", "zero point", "range", "range spread", "weight SQNR dB", "int8"],
+                       [[n, f"{v['act_scale']:.4g}", str(v["act_zero_point"]),
+                         f"[{v['act_range'][0]:.3g}, {v['act_range'][1]:.3g}]",
+                         "–" if v.get("stability") is None else f"{v['stability']:.1%}" + (" (unstable)" if n in q.get("unstable_layers", []) else ""),
+                         "–" if v.get("weight_sqnr_db") is None else f"{v['weight_sqnr_db']:.1f}",
+                         "float: " + q["float_layers"].get(n, "") if v.get("float") else "yes"]
+                        for n, v in q["layers"].items()]))
     d = r.get("distill")
     if d:
         tables.append((f"Distillation (teacher: {d['teacher']})", ["epoch", "loss", "val top-1", "seconds"],
