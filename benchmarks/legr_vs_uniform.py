@@ -44,7 +44,9 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     train, test = cifar10_loaders(a.data, batch_size=128)
     xs, ys = load_cifar10(a.data)["train"]
-    val = ArrayLoader(xs[-1024:], ys[-1024:], batch_size=256)
+    # a seeded random slice: the archive's training split is sorted by class
+    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1)).numpy()[:1024]
+    val = ArrayLoader(xs[idx], ys[idx], batch_size=256)
     base = load_pretrained("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)
     macs0 = count_macs(base, (x,))

@@ -180,10 +180,16 @@ def _cmd_prune(a) -> int:
     p0, m0 = count_params(model), count_macs(model, (x,))
     kw = {}
     if cfg.method == "legr":
-        from edgecompress.data import cifar10_loaders
+        import numpy as np
 
-        train, val = cifar10_loaders(a.data, batch_size=128, test_subset=1024, seed=a.seed)
-        kw["fitness"] = adaptive_bn_fitness(train, val)
+        from edgecompress.data import ArrayLoader, cifar10_loaders, load_cifar10
+
+        # candidates are ranked on 1024 random training images (never the test split; the
+        # archive's training split is sorted by class, so the slice must be random)
+        train, _ = cifar10_loaders(a.data, batch_size=128, seed=a.seed)
+        xs, ys = load_cifar10(a.data)["train"]
+        idx = np.random.default_rng(a.seed + 1).permutation(len(xs))[:1024]
+        kw["fitness"] = adaptive_bn_fitness(train, ArrayLoader(xs[idx], ys[idx], batch_size=256))
     rep = prune_(model, cfg, (x,), **kw)
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
