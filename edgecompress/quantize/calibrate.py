@@ -1,13 +1,14 @@
 """Activation range calibration: minmax, percentile, entropy (KL) and MSE, plus a stability check.
 
-An observer keeps, per calibration batch, the batch's min/max and a seeded random sample of its
-values (``sample_per_batch``). Ranges are computed at the end from those: so the same statistics
-serve every method, and the range can be recomputed on subsets of the batches to measure how
+An observer keeps, per calibration batch, the batch's min/max, its exact percentiles and a seeded
+random sample of its values (``sample_per_batch``). Ranges are computed at the end from those, and
+can be recomputed on subsets of the batches to measure how
 stable it is (``stability``: relative spread of the threshold across ``stability_splits`` disjoint
 subsets; a spread above ``stability_tol`` is flagged in the report).
 
 - ``minmax``: the extreme values seen.
-- ``percentile``: the p-th percentile of |x| (symmetric) or the (100-p, p) percentiles (affine).
+- ``percentile``: the p-th percentile of |x| (symmetric) or the (100-p, p) percentiles (affine),
+  computed on each whole batch and averaged over batches.
 - ``entropy``: TensorRT/ncnn2table KL search: a 2048-bin histogram of the non-zero |x|; for each candidate
   threshold (bins 128..2048) fold the tail into the last bin, quantize the distribution to 128
   levels, and keep the threshold whose quantized distribution is closest (KL) to the reference.
@@ -27,12 +28,16 @@ from edgecompress.errors import DataError
 METHODS = ("minmax", "percentile", "entropy", "mse")
 
 
-def _kl_threshold(absvals: np.ndarray, absmax: float, bins: int = 2048, levels: int = 128) -> float:
-    absvals = absvals[absvals != 0]  # exact zeros (ReLU) are skipped, as ncnn2table and TensorRT do
-    if absvals.size == 0:
+HIST_BINS = 2048
+
+
+def _kl_threshold_hist(hist: np.ndarray, absmax: float, levels: int = 128) -> float:
+    """KL threshold search on a histogram of the non-zero |x| over [0, absmax] (exact zeros, e.g.
+    from ReLU, are left out, as ncnn2table and TensorRT do)."""
+    bins = len(hist)
+    if hist.sum() == 0:
         return absmax
-    hist, edges = np.histogram(absvals, bins=bins, range=(0.0, absmax))
-    hist = hist.astype(np.float64)
+    width = absmax / bins
     best_t, best_kl = absmax, math.inf
     for i in range(levels, bins + 1):
         ref = hist[:i].copy()
@@ -54,7 +59,7 @@ def _kl_threshold(absvals: np.ndarray, absmax: float, bins: int = 2048, levels: 
         mask = p > 0
         kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(q[mask], 1e-12))))
         if kl < best_kl:
-            best_kl, best_t = kl, (i + 0.5) * (edges[1] - edges[0])
+            best_kl, best_t = kl, (i + 0.5) * width
     return float(min(best_t, absmax))
 
 
@@ -95,10 +100,12 @@ def range_to_qparams(lo: float, hi: float, contract, symmetric: bool | None = No
 class Observer:
     """Collects statistics of the tensors entering one quantized layer."""
 
-    def __init__(self, method: str = "percentile", percentile: float = 99.99, sample_per_batch: int = 4096,
+    def __init__(self, method: str = "percentile", percentile: float = 99.99, sample_per_batch: int = 32768,
                  seed: int = 0):
         self.method, self.percentile, self.sample_per_batch = method, percentile, sample_per_batch
         self.gen = torch.Generator().manual_seed(seed)
+        self.pcts: list[tuple[float, float, float]] = []
+        self.hists: list[tuple[np.ndarray, float]] = []
         self.mins: list[float] = []
         self.maxs: list[float] = []
         self.samples: list[torch.Tensor] = []
@@ -112,6 +119,16 @@ class Observer:
                             "pixels, the same normalisation as training)")
         self.mins.append(xf.min().item())
         self.maxs.append(xf.max().item())
+        if self.method == "percentile":  # exact per-batch percentiles (averaged over batches later)
+            k = self.percentile / 100
+            big = xf if xf.numel() <= 2**24 else xf[torch.randint(0, xf.numel(), (2**24,), generator=self.gen)]
+            qs = torch.quantile(big, torch.tensor([1 - k, k]))
+            self.pcts.append((qs[0].item(), qs[1].item(), torch.quantile(big.abs(), k).item()))
+        if self.method == "entropy":  # full-tensor histogram of the non-zero |x| on this batch's range
+            a = xf.abs()
+            a = a[a != 0]
+            amax = max(a.max().item(), 1e-12) if a.numel() else 1e-12
+            self.hists.append((torch.histc(a, bins=HIST_BINS, min=0.0, max=amax).double().numpy(), amax))
         n = min(self.sample_per_batch, xf.numel())
         idx = torch.randint(0, xf.numel(), (n,), generator=self.gen)
         self.samples.append(xf[idx])
@@ -130,15 +147,19 @@ class Observer:
         if self.method == "minmax":
             pass
         elif self.method == "percentile":
-            k = self.percentile / 100
+            p = np.array([self.pcts[i] for i in ids]).mean(0)
             if symmetric:
-                t = torch.quantile(vals.abs(), k).item()
-                lo, hi = max(lo, -t), min(hi, t)
+                lo, hi = max(lo, -p[2]), min(hi, p[2])
             else:
-                lo, hi = torch.quantile(vals, 1 - k).item(), torch.quantile(vals, k).item()
+                lo, hi = p[0], p[1]
         elif self.method == "entropy":
-            absmax = max(abs(lo), abs(hi), 1e-8)
-            t = _kl_threshold(vals.abs().numpy(), absmax)
+            absmax = max(max(self.hists[i][1] for i in ids), 1e-8)
+            hist = np.zeros(HIST_BINS)
+            for i in ids:  # re-bin every batch histogram onto the common [0, absmax] grid by bin centres
+                h, amax = self.hists[i]
+                centres = (np.arange(HIST_BINS) + 0.5) * (amax / HIST_BINS)
+                np.add.at(hist, np.minimum((centres / absmax * HIST_BINS).astype(int), HIST_BINS - 1), h)
+            t = _kl_threshold_hist(hist, absmax)
             lo, hi = max(lo, -t), min(hi, t)
         elif self.method == "mse":
             lo, hi = _mse_range(vals, lo, hi, contract, symmetric)

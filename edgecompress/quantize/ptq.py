@@ -306,7 +306,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
     unstable = [n for n, s in stats.items() if s["unstable"]]
     if unstable:
         warnings.warn(f"calibration ranges vary by more than {cfg.stability_tol:.0%} across calibration subsets "
-                      f"for {unstable}; use more calibration batches or a clipping method (percentile/entropy/mse)",
+                      f"for {unstable}; the accuracy may change from one calibration set to the next: use more "
+                      "calibration batches, or percentile calibration (averaged per batch, the most stable here)",
                       UserWarning, stacklevel=2)
     spec = {"format": "edgecompress.quant.spec/1", "contract": contract.to_dict(),
             "scale_convention": "q = x * scale (ncnn multiplier)" if contract.convention == "multiply"
