@@ -1,8 +1,9 @@
 """LeGR learned global ranking vs uniform ℓ2 pruning at the same MACs budget, shipped ResNet-20 on
 CIFAR-10. Both get the same short distillation fine-tune; accuracy on the full test split.
 
-The LeGR search ranks candidates by adaptive-BN accuracy on 1024 *training* images held without
-augmentation (never the test split), re-estimating BN statistics on 8 augmented training batches.
+The LeGR search scores each candidate on 1024 random *training* images without augmentation (never
+the test split), after re-estimating BN statistics on 8 augmented training batches and ``--tau``
+SGD steps on further training batches.
 
     EDGECOMPRESS_CIFAR10=../shared/data/cifar10/cifar10-jpeg.tar.gz \
         python benchmarks/legr_vs_uniform.py --ratio 0.4 --iterations 48 --steps 300
@@ -33,6 +34,7 @@ def main() -> None:
     ap.add_argument("--iterations", type=int, default=48)
     ap.add_argument("--population", type=int, default=16)
     ap.add_argument("--steps", type=int, default=300, help="KD fine-tuning steps for both")
+    ap.add_argument("--tau", type=int, default=50, help="SGD steps each LeGR candidate is fine-tuned before scoring")
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/legr")
@@ -60,7 +62,7 @@ def main() -> None:
             cfg = PruneConfig(method="legr", ratio=a.ratio,
                               legr=LegrConfig(iterations=a.iterations, population=a.population,
                                              sample=min(4, a.population)))
-            rep = prune_(m, cfg, (x,), fitness=adaptive_bn_fitness(train, val))
+            rep = prune_(m, cfg, (x,), fitness=adaptive_bn_fitness(train, val, finetune_steps=a.tau))
         t_prune = time.time() - t0
         before = evaluate(m, test)
         distill_(m, base, train, None, DistillConfig(epochs=1, max_steps=a.steps, lr=a.lr, progress=False),
@@ -74,10 +76,10 @@ def main() -> None:
                          "legr": {k: v for k, v in (rep["legr"] or {}).items() if k != "groups"} or None}
         print(name, json.dumps({k: v for k, v in results[name].items() if k not in ("group_ratios", "legr")}),
               flush=True)
-    summary = {"ratio": a.ratio, "iterations": a.iterations, "population": a.population, "kd_steps": a.steps,
+    summary = {"ratio": a.ratio, "tau": a.tau, "iterations": a.iterations, "population": a.population, "kd_steps": a.steps,
                "lr": a.lr, "test_images": sum(len(y) for _, y in test), "threads": torch.get_num_threads(),
                "results": results}
-    (out / "resnet20_legr_vs_uniform.json").write_text(json.dumps(summary, indent=1))
+    (out / f"resnet20_legr_vs_uniform_tau{a.tau}.json").write_text(json.dumps(summary, indent=1))
     u, lg = results["uniform_l2"], results["legr"]
     print(f"uniform l2: {u['top1']:.4f} at {u['macs_frac']:.3f} MACs; legr: {lg['top1']:.4f} at {lg['macs_frac']:.3f}")
 

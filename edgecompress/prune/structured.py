@@ -369,7 +369,7 @@ def _plan_step(pr: _Pruner, groups, importance, progress: float, fitness, report
         if budget is None:  # the budget of uniform pruning at `ratio`
             uniform = select(groups, scores, cfg, macs, ratio=cfg.ratio * progress, mode="local")
             budget = macs(_fractions(groups, uniform))
-        removals, info = legr_search(model, groups, scores, cfg, macs, budget, fitness)
+        removals, info = legr_search(model, groups, scores, cfg, macs, budget, fitness, pr.inputs)
         report["legr"] = info
         return removals
     if cfg.mode == "global" and macs_of_original is None:
