@@ -97,7 +97,7 @@ def legr_search(model: nn.Module, groups, base_scores, cfg, macs, budget: float,
         return select(groups, scores, cfg, macs, macs_budget=budget, mode="global")
 
     if fitness is None or lc.iterations == 0 or G == 0:
-        rem = removals_of([1.0] * G, [0.0] * G)
+        rem = removals_of([1.0 / max(float(b.mean()), 1e-12) for b in base], [0.0] * G)
         return rem, {"evaluations": 0, "budget_macs": budget, "predicted_macs": macs(_fractions(groups, rem))}
 
     def evaluate(alpha, kappa) -> float:
@@ -115,14 +115,16 @@ def legr_search(model: nn.Module, groups, base_scores, cfg, macs, budget: float,
         k = [x + rng.gauss(0, lc.sigma) for x in kappa]
         return a, k
 
-    start = ([1.0] * G, [0.0] * G)
+    # start from each group's scores divided by their mean (a per-layer-normalised global ranking,
+    # close to uniform pruning) rather than raw norms, which rank whole early layers first
+    start = ([1.0 / max(float(b.mean()), 1e-12) for b in base], [0.0] * G)
     f0 = evaluate(*start)
     pop = deque([(f0, *start)], maxlen=lc.population)
     history = [f0]
     best = (f0, *start)
     for i in range(1, max(lc.iterations, 1)):
         if len(pop) < lc.population:
-            parent = pop[0]  # fill the population with mutations of plain ℓ2² ranking
+            parent = pop[0]  # fill the population with mutations of the starting ranking
         else:
             parent = max(rng.sample(list(pop), lc.sample), key=lambda c: c[0])
         child = mutate(parent[1], parent[2])

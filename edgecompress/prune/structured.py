@@ -54,7 +54,7 @@ PLAN_FORMAT = "edgecompress.prune.plan/1"
 class LegrConfig(Config):
     """Regularised evolution (Real et al.) over per-group (α, κ): ``iterations`` candidates, each
     mutated from the best of ``sample`` drawn out of a ``population`` of the most recent, with
-    log-normal noise ``sigma`` on α and normal noise on κ (in units of the group's median score)."""
+    log-normal noise ``sigma`` on α and normal noise on κ (scores start normalised per group)."""
 
     population: int = 16
     sample: int = 4
@@ -280,7 +280,7 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
                           "pass one (e.g. from edgecompress.distill) or use schedule='oneshot'")
     if cfg.method == "legr" and fitness is None and cfg.legr.iterations > 0:
         raise ConfigError("method='legr' needs fitness=callable(model) -> float (e.g. prune.adaptive_bn_fitness); "
-                          "pass one or set legr.iterations=0 for plain global ℓ2² ranking")
+                          "pass one or set legr.iterations=0 for a per-group-normalised global ℓ2² ranking")
     was_training = model.training
     model.eval()
     try:
