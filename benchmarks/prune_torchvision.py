@@ -23,6 +23,8 @@ def main() -> None:
     ap.add_argument("--ratio", type=float, default=0.5)
     ap.add_argument("--size", type=int, default=64)
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--only", default=None, help="comma-separated model names (default: all)")
+    ap.add_argument("--tag", default="", help="suffix of the output files")
     ap.add_argument("--out", default="benchmarks/results/prune_torchvision")
     a = ap.parse_args()
     if a.threads:
@@ -31,7 +33,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(1, 3, a.size, a.size)
     rows, details = [], {}
-    for name in torchvision.models.list_models(module=torchvision.models):
+    names = torchvision.models.list_models(module=torchvision.models)
+    if a.only:
+        names = [n for n in names if n in a.only.split(",")]
+    for name in names:
         torch.manual_seed(0)
         model = torchvision.models.get_model(name, weights=None, num_classes=10).eval()
         row = {"model": name}
@@ -58,15 +63,15 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     keys = ["model", "status", "macs_left", "groups", "skipped", "partitioned", "seconds", "reason"]
-    with open(out / "torchvision_l2_0.5.csv", "w", newline="") as f:
+    with open(out / f"torchvision_l2_0.5{a.tag}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=keys)
         w.writeheader()
         w.writerows(rows)
-    (out / "torchvision_l2_0.5_skipped.json").write_text(json.dumps(details, indent=1))
+    (out / f"torchvision_l2_0.5{a.tag}_skipped.json").write_text(json.dumps(details, indent=1))
     counts = {}
     for r in rows:
         counts[r["status"]] = counts.get(r["status"], 0) + 1
-    (out / "summary.json").write_text(json.dumps({"ratio": a.ratio, "input": [1, 3, a.size, a.size],
+    (out / f"summary{a.tag}.json").write_text(json.dumps({"ratio": a.ratio, "input": [1, 3, a.size, a.size],
                                                   "torchvision": torchvision.__version__, "counts": counts}, indent=1))
     print(counts)
 
