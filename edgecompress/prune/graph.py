@@ -90,6 +90,16 @@ def _qualify(prefix: str, name: str) -> str:
     return f"{prefix}.{name}" if prefix and name else (prefix or name)
 
 
+def forward_with_hooks(model: nn.Module, example_inputs: tuple, handles: list):
+    """One no-grad forward pass; the hook ``handles`` are removed afterwards, whatever happens."""
+    try:
+        with torch.no_grad():
+            return model(*example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def _capture_inputs(model: nn.Module, example_inputs: tuple) -> dict[nn.Module, tuple]:
     """One forward pass recording (args, kwargs) of every submodule called exactly once."""
     seen: dict[nn.Module, list] = {}
@@ -97,13 +107,8 @@ def _capture_inputs(model: nn.Module, example_inputs: tuple) -> dict[nn.Module, 
     def hook(mod, args, kwargs):
         seen.setdefault(mod, []).append((args, kwargs))
 
-    handles = [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_inputs,
+                       [m.register_forward_pre_hook(hook, with_kwargs=True) for m in model.modules()])
     return {m: calls[0] for m, calls in seen.items() if len(calls) == 1}
 
 
@@ -216,26 +221,31 @@ def _unwrapped_location(model: nn.Module, dg, p: nn.Parameter):
 
 
 @torch.no_grad()
+def _zero_rows(t, idxs: list[int]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Zero output channels ``idxs`` of a layer's weight/bias (or of an unwrapped parameter, along its
+    last non-singleton dim, as Torch-Pruning prunes it). Returns (tensor, saved copy) to restore."""
+    if not idxs:
+        return []
+    if isinstance(t, nn.Parameter):
+        params, dim = [t], max(i for i, s in enumerate(t.shape) if s > 1)
+    else:
+        params = [getattr(t, "weight", None), getattr(t, "bias", None)]
+        dim = 1 if isinstance(t, nn.modules.conv._ConvTransposeNd) else 0
+    saved = []
+    for p in params:
+        if isinstance(p, torch.Tensor) and p.dim() > dim and p.shape[dim] > max(idxs):
+            saved.append((p, p.detach().clone()))
+            p.data.index_fill_(dim, torch.as_tensor(idxs), 0)
+    return saved
+
+
 def _zero_channels(group) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Zero, in place, every output-channel parameter of the group: the result equals removing them
-    when nothing downstream normalises across channels. Returns what to restore."""
+    """Zero, in place, every output-channel parameter of a Torch-Pruning group: the result equals
+    removing them when nothing downstream normalises across channels. Returns what to restore."""
     saved = []
     for item in group:
-        dep, idxs = item.dep, list(item.idxs)
-        t = dep.target.module
-        if not idxs or not group._DG.is_out_channel_pruning_fn(dep.handler):
-            continue
-        if isinstance(t, nn.Parameter):
-            dim = max(i for i, s in enumerate(t.shape) if s > 1)
-            saved.append((t, t.detach().clone()))
-            t.data.index_fill_(dim, torch.as_tensor(idxs), 0)
-            continue
-        dim = 1 if isinstance(t, nn.modules.conv._ConvTransposeNd) else 0
-        for pname in ("weight", "bias"):
-            p = getattr(t, pname, None)
-            if isinstance(p, torch.Tensor) and p.dim() > dim and p.shape[dim] > max(idxs):
-                saved.append((p, p.detach().clone()))
-                p.data.index_fill_(dim, torch.as_tensor(idxs), 0)
+        if group._DG.is_out_channel_pruning_fn(item.dep.handler):
+            saved += _zero_rows(item.dep.target.module, list(item.idxs))
     return saved
 
 
@@ -338,13 +348,8 @@ def layer_macs(model: nn.Module, example_inputs: tuple) -> dict[nn.Module, float
         else:
             macs[mod] = macs.get(mod, 0) + out.numel() / batch * mod.in_features
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ROOT_TYPES)]
-    try:
-        with torch.no_grad():
-            model(*example_inputs)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, example_inputs,
+                       [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, _ROOT_TYPES)])
     return macs
 
 
@@ -401,18 +406,8 @@ def keep_count(n: int, remove_wanted: int, round_to: int | None, max_ratio: floa
 
 
 def zero_root_channels(groups, removals) -> None:
-    """Soft pruning: zero (not remove) the output filters of the chosen channels."""
-    with torch.no_grad():
-        for g, rem in zip(groups, removals):
-            if not rem:
-                continue
-            root_set = set(rem)
-            for mem in g.out_members:
-                idxs = [i for i, r in zip(mem.idxs, mem.root_idxs) if r in root_set]
-                t = mem.module
-                params = [t] if isinstance(t, nn.Parameter) else [getattr(t, "weight", None), getattr(t, "bias", None)]
-                dim = 1 if isinstance(t, nn.modules.conv._ConvTransposeNd) else 0
-                for p in params:
-                    if isinstance(p, torch.Tensor) and idxs and p.dim() > dim:
-                        d = max(i for i, s in enumerate(p.shape) if s > 1) if isinstance(t, nn.Parameter) else dim
-                        p.data.index_fill_(d, torch.as_tensor(idxs), 0)
+    """Soft pruning: zero (not remove) the output filters of the chosen root channels."""
+    for g, rem in zip(groups, removals):
+        root_set = set(rem)
+        for mem in g.out_members:
+            _zero_rows(mem.module, [i for i, r in zip(mem.idxs, mem.root_idxs) if r in root_set])

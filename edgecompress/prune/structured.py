@@ -42,6 +42,7 @@ from edgecompress.prune.graph import (
     apply_group,
     build_parts,
     collect_groups,
+    forward_with_hooks,
     keep_count,
     layer_macs,
     zero_root_channels,
@@ -118,14 +119,9 @@ class PruneConfig(Config):
 def _output_layers(model: nn.Module, example_inputs: tuple) -> list[nn.Module]:
     """The classifier: the last Linear/conv executed whose output has the model output's width."""
     order: list[nn.Module] = []
-    hooks = [m.register_forward_hook(lambda mod, i, o: order.append(mod))
-             for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    try:
-        with torch.no_grad():
-            out = model(*example_inputs)
-    finally:
-        for h in hooks:
-            h.remove()
+    out = forward_with_hooks(model, example_inputs, [m.register_forward_hook(lambda mod, i, o: order.append(mod))
+                                                     for m in model.modules()
+                                                     if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))])
     if not order:
         return []
     width = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() >= 1 else None
@@ -348,12 +344,12 @@ def _plan_step(pr: _Pruner, groups, importance, progress: float, fitness, report
     """Removals for one step; ``progress`` in (0, 1] scales the target (iterative schedule)."""
     cfg, model = pr.cfg, pr.model
     scores = [importance(g) for g in groups]
-    macs = MacsModel(model, groups, pr.inputs)
-    full = macs_of_original = None
+    macs_of_original = None
     if cfg.macs_target is not None:
         # budgets are fractions of the *original* MACs: recorded on the first step
-        full = pr.__dict__.setdefault("macs0", macs.total)
-        macs_of_original = full * (1 - progress * (1 - cfg.macs_target))
+        if not hasattr(pr, "macs0"):
+            pr.macs0 = sum(layer_macs(model, pr.inputs).values())
+        macs_of_original = pr.macs0 * (1 - progress * (1 - cfg.macs_target))
     if cfg.mode == "local" and macs_of_original is None and cfg.method != "legr":
         orig = _originals(pr, groups)
         want = []
@@ -362,6 +358,7 @@ def _plan_step(pr: _Pruner, groups, importance, progress: float, fitness, report
             keep = keep_count(n0, math.floor(n0 * r + 1e-9), cfg.round_to, cfg.max_layer_ratio)
             want.append(max(0, g.n - keep))
         return _removals_from_counts(groups, scores, want, dataclasses.replace(cfg, max_layer_ratio=0.999999))
+    macs = MacsModel(model, groups, pr.inputs)  # predicts MACs for budgeted and global selection
     if cfg.method == "legr":
         from edgecompress.prune.legr import legr_search
 
