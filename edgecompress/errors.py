@@ -53,3 +53,7 @@ class OutputMatchError(EdgeCompressError, ValueError):
 
 class PruningError(EdgeCompressError, RuntimeError):
     """A pruning step could not be applied."""
+
+
+class CheckpointError(EdgeCompressError, RuntimeError):
+    """A checkpoint cannot be loaded into this model."""

@@ -183,7 +183,9 @@ class ArrayLoader:
     """Batches of normalised float tensors from uint8 NHWC arrays, augmented on the fly.
 
     Iterable of ``(x, y)`` with x float32 NCHW; reshuffles each epoch (``set_epoch`` for
-    determinism across processes); ``rank``/``world_size`` shard it for distributed training.
+    determinism across processes); ``rank``/``world_size`` shard it for distributed training
+    (every rank takes every world_size-th sample of the same permutation; ``pad`` repeats samples
+    so that all shards are equally long, on by default when shuffling).
     Augmentation: random crop with 4-pixel zero padding and horizontal flip.
     """
 
@@ -201,6 +203,7 @@ class ArrayLoader:
         std=CIFAR10_STD,
         rank: int = 0,
         world_size: int = 1,
+        pad: bool | None = None,
     ):
         if len(images) == 0:
             raise DataError("the data set is empty; pass at least one image")
@@ -211,6 +214,7 @@ class ArrayLoader:
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.augment, self.drop_last = batch_size, shuffle, augment, drop_last
         self.seed, self.epoch, self.rank, self.world_size = seed, 0, rank, world_size
+        self.pad = shuffle if pad is None else pad  # equal shard sizes (training); exact shards (evaluation)
         self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255
         self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255
 
@@ -221,8 +225,9 @@ class ArrayLoader:
         n = len(self.images)
         idx = np.random.default_rng((self.seed, self.epoch)).permutation(n) if self.shuffle else np.arange(n)
         if self.world_size > 1:
-            per = -(-n // self.world_size)
-            idx = np.resize(idx, per * self.world_size)[self.rank :: self.world_size]
+            if self.pad:
+                idx = np.resize(idx, -(-n // self.world_size) * self.world_size)
+            idx = idx[self.rank :: self.world_size]
         return idx
 
     def __len__(self) -> int:

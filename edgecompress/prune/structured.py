@@ -210,12 +210,17 @@ class _Pruner:
         self.steps: list[dict] = []
         self.kept: dict[str, list[int]] = {}  # group root -> kept channels in original indexing
         self.original: dict[str, int] = {}
+        self.layer_group: dict[str, str] = {}  # layer whose output channels are exactly a group's, 1:1
 
     def trace(self):
         parts, skipped = build_parts(self.model, self.inputs)
         groups, skipped_groups = collect_groups(self.model, parts, self.ignored)
         self.partitioned = not parts or parts[0][0] != ""
         for g in groups:
+            if g.name not in self.original:
+                for m in g.out_members:
+                    if m.idxs == m.root_idxs == list(range(g.n)):
+                        self.layer_group.setdefault(m.name, g.name)
             self.original.setdefault(g.name, g.n)
             self.kept.setdefault(g.name, list(range(g.n)))
         return groups, skipped + skipped_groups
@@ -252,7 +257,14 @@ class _Pruner:
         return {"format": PLAN_FORMAT, "ignored_layers": list(self.cfg.ignored_layers),
                 "steps": self.steps,
                 "kept": {k: v for k, v in self.kept.items() if len(v) < self.original[k]},
-                "channels": {k: self.original[k] for k in self.kept if len(self.kept[k]) < self.original[k]}}
+                "channels": {k: self.original[k] for k in self.kept if len(self.kept[k]) < self.original[k]},
+                "layers": self.kept_by_layer()}
+
+    def kept_by_layer(self) -> dict[str, list[int]]:
+        """Output channels each pruned layer kept, in the original model's indexing."""
+        names = dict(self.model.named_modules())
+        return {name: self.kept[g] for name, g in sorted(self.layer_group.items())
+                if name in names and len(self.kept[g]) < self.original[g]}
 
 
 def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
@@ -333,6 +345,8 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
     report["widths_after"] = _widths(model)
     report["macs_after"] = sum(layer_macs(model, example_inputs).values())
     report["plan"] = pr.plan()
+    # what FeatureHints uses to start a pruned student's adapters as channel selections
+    model.edgecompress_kept_channels = report["plan"]["layers"]
     return report
 
 
