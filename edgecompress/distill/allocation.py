@@ -36,7 +36,8 @@ def resolve_weights(cfg, student: nn.Module, teacher: nn.Module, train_loader, v
     probe = probe if probe is not None else student
     measure = val_loader if val_loader is not None else train_loader
     common = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(TrainConfig)}
-    common.update(epochs=max(1, cfg.epochs), max_steps=cfg.probe_steps, progress=False, max_seconds=None,
+    per_epoch = max(1, len(train_loader))
+    common.update(epochs=-(-cfg.probe_steps // per_epoch), max_steps=cfg.probe_steps, progress=False, max_seconds=None,
                   patience=None, eval_every=0)
     quiet = {"log": lambda s: None}
     acc0 = _evaluate(copy.deepcopy(probe), measure, bf16=False)
