@@ -22,8 +22,9 @@ import torch.nn as nn
 
 from edgecompress import __version__
 from edgecompress.analysis.metrics import agreement, count_macs, count_params, file_bytes
+from edgecompress.analysis.similarity import functional_similarity, plot_landscape
 from edgecompress.config import Config, check_range
-from edgecompress.distill import DistillConfig, distill_
+from edgecompress.distill import DistillConfig, distill_, resolve_weights
 from edgecompress.errors import ConfigError, DataError, ModelInputError, OutputDirError
 from edgecompress.export import ExportConfig, get_exporter
 from edgecompress.prune import PruneConfig, adaptive_bn_fitness, prune_, save_plan
@@ -134,7 +135,8 @@ def compress(
     export: ExportConfig | None = None,
     bench: BenchConfig | bool | None = True,
     output_dir: str | os.PathLike | None = None,
-    teacher: nn.Module | None = None,
+    teacher: nn.Module | str | None = None,
+    reference_models: dict[str, nn.Module] | None = None,
     validate_samples: int = 512,
     progress: bool = True,
 ) -> CompressResult:
@@ -145,6 +147,11 @@ def compress(
     quantization simulated in PyTorch under the target's contract, export, re-run of every
     artifact in its runtime against PyTorch, and latency. ``model`` is never modified.
     Everything is written to a staging folder and moved to ``output_dir`` only on success.
+
+    ``teacher="assistants"`` with an iterative pruning schedule distils each step from the model as
+    it was before that step (a teacher-assistant chain from the original down to the student).
+    ``reference_models`` (name -> independently trained models of the same task) join the
+    functional-similarity landscape of the report next to the original and its compressed variants.
     """
     t_start = time.time()
     tgt = get_target(target)
@@ -157,6 +164,14 @@ def compress(
     export_cfg = export or ExportConfig()
     if not isinstance(model, nn.Module):
         raise ModelInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(teacher, str) and teacher != "assistants":
+        raise ConfigError(f"teacher={teacher!r}; pass a model, None (the original model) or 'assistants'")
+    if teacher == "assistants" and not (prune_cfg and prune_cfg.schedule == "iterative" and prune_cfg.steps > 1):
+        raise ConfigError("teacher='assistants' distils through the intermediate models of iterative pruning; "
+                          "pass prune=PruneConfig(schedule='iterative', steps=2 or more)")
+    for k, v in (reference_models or {}).items():
+        if not isinstance(v, nn.Module):
+            raise ModelInputError(f"reference_models[{k!r}] must be a torch.nn.Module, got {type(v).__name__}")
     out_dir = _check_writable(Path(output_dir)) if output_dir is not None else None
 
     train_batch = _first_batch(train_data, "train_data")
@@ -190,7 +205,7 @@ def compress(
     stage = Path(tempfile.mkdtemp(prefix=".edgecompress-", dir=stage_parent))
     try:
         result = _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg,
-                      export_cfg, bench_cfg, teacher, validate_samples, progress, stage)
+                      export_cfg, bench_cfg, teacher, validate_samples, progress, stage, reference_models or {})
         result.report["wall_seconds"] = round(time.time() - t_start, 1)
         from edgecompress.analysis.report import write_report
 
@@ -219,9 +234,11 @@ def _model_stats(model, example_inputs, val_data, ref_logits=None) -> tuple[dict
     return stats, logits
 
 
-def _prune_callbacks(base, prune_cfg, distill_cfg, teacher, train_data, val_data) -> dict:
+def _prune_callbacks(base, prune_cfg, distill_cfg, teacher, train_data, val_data, chain: list) -> dict:
     """LeGR's fitness (adaptive-BN accuracy on up to 1024 validation images) and, for the iterative
-    and soft schedules, one distillation epoch from the original model between pruning steps."""
+    and soft schedules, one distillation epoch between pruning steps: from the original model (or
+    ``teacher``), or with ``teacher="assistants"`` from the model as it was before the step (the
+    fine-tuned result of each step is appended to ``chain``)."""
     out = {}
     if prune_cfg.method == "legr" and prune_cfg.legr.iterations > 0:
         if val_data is None:
@@ -239,32 +256,61 @@ def _prune_callbacks(base, prune_cfg, distill_cfg, teacher, train_data, val_data
         step_cfg = dataclasses.replace(distill_cfg, epochs=1)
 
         def finetune(model, step):
-            distill_(model, (teacher or base).eval(), train_data, None, step_cfg, log=lambda s: None)
+            t = (chain[-1] if chain else base) if teacher == "assistants" else (teacher or base)
+            distill_(model, t.eval(), train_data, None, step_cfg, log=lambda s: None)
+            if teacher == "assistants":
+                chain.append(copy.deepcopy(model).eval())
 
         out["finetune"] = finetune
     return out
 
 
+def _similarity(base_logits, variants: dict, reference_models: dict, val_data, stage: Path) -> tuple[dict, Path]:
+    """Functional similarity of every variant (and independently trained reference model) to the
+    original on the validation data, and the landscape plot."""
+    logits = {"original": base_logits, **variants}
+    kinds = {"original": "base", **{k: "compressed" for k in variants}}
+    for name, m in reference_models.items():
+        logits[name] = predict(copy.deepcopy(m).cpu().eval(), val_data)[0]
+        kinds[name] = "independent"
+    sim = functional_similarity(logits, reference="original")
+    path = plot_landscape(sim.pop("probs"), stage / "similarity_landscape.png", kinds=kinds)
+    sim["landscape"] = {"file": path.name, "method": "pca", "kinds": kinds}
+    return sim, path
+
+
 def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg, export_cfg,
-         bench_cfg, teacher, validate_samples, progress, stage: Path) -> CompressResult:
+         bench_cfg, teacher, validate_samples, progress, stage: Path, reference_models: dict) -> CompressResult:
     report: dict[str, Any] = {"edgecompress": __version__, "torch": torch.__version__, "target": tgt.name,
                               "threads": torch.get_num_threads()}
     before, base_logits = _model_stats(base, example_inputs, val_data)
     report["before"] = before
     student = copy.deepcopy(base)
+    variants = {}  # name -> validation logits, for the functional-similarity analysis
+    chain: list[nn.Module] = []
     if prune_cfg:
         report["prune"] = prune_(student, prune_cfg, example_inputs, **_prune_callbacks(
-            base, prune_cfg, distill_cfg, teacher, train_data, val_data))
+            base, prune_cfg, distill_cfg, teacher, train_data, val_data, chain))
         save_plan(report["prune"]["plan"], stage / "prune_plan.json")
+        if val_data is not None and distill_cfg:
+            variants["pruned, before fine-tuning"] = predict(student, val_data)[0]
     if distill_cfg:
-        t = (teacher or base).eval()
-        hist = distill_(student, t, train_data, val_data if distill_cfg.eval_every else None, distill_cfg,
+        if teacher == "assistants":  # the last step's teacher: the model before the last pruning step
+            t, t_name = (chain[-2] if len(chain) > 1 else base), f"assistant chain of {len(chain) - 1} intermediate model(s)"
+        else:
+            t, t_name = (teacher or base), ("original model" if teacher is None else type(teacher).__name__)
+        allocation = None
+        if distill_cfg.alpha == "auto":
+            distill_cfg, allocation = resolve_weights(distill_cfg, student, t.eval(), train_data, val_data)
+        hist = distill_(student, t.eval(), train_data, val_data if distill_cfg.eval_every else None, distill_cfg,
                         log=(lambda s: None))
-        report["distill"] = {"teacher": "original model" if teacher is None else type(teacher).__name__,
-                             "history": hist}
+        report["distill"] = {"teacher": t_name, "history": hist, "alpha": distill_cfg.alpha, "beta": distill_cfg.beta,
+                             "temperature": distill_cfg.temperature, "weight_allocation": allocation}
     student.eval()
     after, student_logits = _model_stats(student, example_inputs, val_data, base_logits)
     report["after"] = after
+    if student_logits is not None:
+        variants["compressed (float)"] = student_logits
     qmodel = None
     if quant_cfg:
         qmodel = copy.deepcopy(student)
@@ -274,11 +320,16 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
             qrep["top1"] = top1(q_logits, labels)
             qrep["agreement_with_float"] = agreement(q_logits, student_logits)
             qrep["agreement_with_original"] = agreement(q_logits, base_logits)
+            variants["compressed, int8 simulated"] = q_logits
         report["int8_simulated"] = qrep
+    artifacts = {}
+    if val_data is not None:
+        report["similarity"], artifacts["similarity_landscape"] = _similarity(
+            base_logits, variants, reference_models, val_data, stage)
 
     # Export + verification in each artifact's own runtime.
     held_out = _held_out(val_data if val_data is not None else train_data, example_inputs[0], validate_samples)
-    artifacts, verification, exporters = {}, {}, {}
+    verification, exporters = {}, {}
     if prune_cfg:
         artifacts["prune_plan"] = stage / "prune_plan.json"
     for name in tgt.exporters:

@@ -45,8 +45,18 @@ def test_compress_end_to_end_ncnn(loaders, tmp_path):
     assert r["prune"]["config"]["round_to"] == 8
     assert all(c.out_channels % 8 == 0 for c in res.model.modules() if isinstance(c, torch.nn.Conv2d))
     assert r["int8_simulated"]["contract"] == "ncnn" and r["int8_simulated"]["spec"]["contract"]["rounding"] == "half_away"
+    # functional similarity of every variant to the original, with its landscape in the report
+    sim = r["similarity"]
+    assert set(sim["models"]) == {"original", "pruned, before fine-tuning", "compressed (float)",
+                                  "compressed, int8 simulated"}
+    pair = sim["pairs"]["original|compressed (float)"]
+    assert pair["agreement"] == pytest.approx(r["after"]["agreement_with_original"])
+    assert pair["kl_mean"] > 0 and 0 < pair["js_mean"] <= 0.6932
+    assert (out / "similarity_landscape.png").stat().st_size > 5000
+    assert "![functional landscape](similarity_landscape.png)" in (out / "report.md").read_text()
     saved = res.save(tmp_path / "copy")
     assert (saved / "model.onnx").exists() and (saved / "report.html").exists()
+    assert (saved / "similarity_landscape.png").exists()
 
 
 def test_compress_without_stages_keeps_model_and_uses_affine(loaders):
@@ -148,3 +158,25 @@ def test_torchvision_classifier_is_accepted(arch, loaders, tmp_path):
     fresh.load_state_dict(res.model.state_dict())
     x = torch.randn(2, 3, 32, 32)
     torch.testing.assert_close(fresh.eval()(x), res.model.eval()(x))
+
+
+def test_compress_teacher_assistants_and_auto_weights(loaders, tmp_path):
+    train, val = loaders
+    model = randomize_bn_(ec.create_model("tiny_resnet"))
+    other = randomize_bn_(ec.create_model("tiny_resnet"), seed=1)
+    res = ec.compress(model, "onnx", train_data=train, val_data=val, teacher="assistants",
+                      prune=ec.PruneConfig(ratio=0.5, schedule="iterative", steps=3),
+                      distill=ec.DistillConfig(epochs=1, max_steps=2, alpha="auto", probe_steps=4, progress=False,
+                                               bf16=False),
+                      quantize=False, bench=False, progress=False, reference_models={"independent": other})
+    d = res.report["distill"]
+    assert d["teacher"] == "assistant chain of 2 intermediate model(s)"
+    a = d["weight_allocation"]
+    assert d["alpha"] == a["alpha"] and d["beta"] == a["beta"] and a["alpha"] + a["beta"] == pytest.approx(1.0)
+    sim = res.report["similarity"]
+    assert "original|independent" in sim["pairs"] and sim["landscape"]["kinds"]["independent"] == "independent"
+    with pytest.raises(ConfigError, match="iterative"):
+        ec.compress(model, "onnx", train_data=train, teacher="assistants", prune=ec.PruneConfig(ratio=0.5),
+                    quantize=False, bench=False, progress=False)
+    with pytest.raises(ConfigError, match="assistants"):
+        ec.compress(model, "onnx", train_data=train, teacher="previous", quantize=False, bench=False, progress=False)

@@ -63,9 +63,19 @@ def report_tables(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
                          "–" if v.get("weight_sqnr_db") is None else f"{v['weight_sqnr_db']:.1f}",
                          "float: " + q["float_layers"].get(n, "") if v.get("float") else "yes"]
                         for n, v in q["layers"].items()]))
+    sim = r.get("similarity")
+    if sim:
+        tables.append((f"Functional similarity on {sim['samples']} validation images (softmax outputs)",
+                       ["pair", "top-1 agreement", "mean KL(first ‖ second)", "mean JS"],
+                       [[k.replace("|", " vs "), _pct(v["agreement"]), f"{v['kl_mean']:.4f}", f"{v['js_mean']:.4f}"]
+                        for k, v in sim["pairs"].items()]))
     d = r.get("distill")
     if d:
-        tables.append((f"Distillation (teacher: {d['teacher']})", ["epoch", "loss", "val top-1", "seconds"],
+        w = f", α={d['alpha']:.3g} β={d['beta']:.3g} T={d['temperature']:g}" if "alpha" in d else ""
+        if d.get("weight_allocation"):
+            a = d["weight_allocation"]
+            w += f" (eq. 7 from probes: I_A={a['I_A']:.4f}, I_B={a['I_B']:.4f})"
+        tables.append((f"Distillation (teacher: {d['teacher']}{w})", ["epoch", "loss", "val top-1", "seconds"],
                        [[str(h["epoch"]), f"{h['loss']:.4f}", _pct(h.get("val_top1")), str(h["seconds"])] for h in d["history"]]))
     return tables
 
@@ -77,6 +87,9 @@ def to_markdown(r: dict) -> str:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(row) + " |" for row in rows]
         lines.append("")
+    land = r.get("similarity", {}).get("landscape")
+    if land:
+        lines += ["## Functional landscape", "", f"![functional landscape]({land['file']})", ""]
     return "\n".join(lines)
 
 
@@ -93,6 +106,9 @@ def to_html(r: dict) -> str:
         parts.append(f"<h2>{e(title)}</h2><table><tr>" + "".join(f"<th>{e(h)}</th>" for h in header) + "</tr>")
         parts += ["<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in rows]
         parts.append("</table>")
+    land = r.get("similarity", {}).get("landscape")
+    if land:
+        parts.append(f"<h2>Functional landscape</h2><img src='{e(land['file'])}' alt='functional landscape'>")
     parts.append("</body></html>")
     return "\n".join(parts)
 
