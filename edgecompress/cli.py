@@ -21,13 +21,17 @@ def _threads(a) -> None:
 
 
 def _cmd_train(a: argparse.Namespace) -> int:
+    """Train (or, with --teacher, distil) a zoo model on CIFAR-10. Runs unchanged under
+    ``torchrun --nproc_per_node=N`` (DDP; --batch-size is the global batch; rank 0 writes)."""
     from safetensors.torch import save_file
 
     from edgecompress.data import cifar10_loaders
-    from edgecompress.distill import TrainConfig, fit
+    from edgecompress.distill import DistillConfig, TrainConfig, fit
+    from edgecompress.distill.dist import init_from_env
     from edgecompress.models import create_model
 
     _threads(a)
+    rank, _ = init_from_env()
     train, test = cifar10_loaders(a.data, batch_size=a.batch_size, train_subset=a.train_subset,
                                   test_subset=a.test_subset, seed=a.seed)
     model = create_model(a.model)
@@ -35,20 +39,28 @@ def _cmd_train(a: argparse.Namespace) -> int:
         from safetensors.torch import load_file
 
         model.load_state_dict(load_file(a.init))
-    cfg = TrainConfig(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs,
-                      schedule=a.schedule, seed=a.seed, bf16=None if a.bf16 == "auto" else a.bf16 == "on")
+    common = dict(epochs=a.epochs, lr=a.lr, weight_decay=a.weight_decay, warmup_epochs=a.warmup_epochs,
+                  schedule=a.schedule, seed=a.seed, bf16=None if a.bf16 == "auto" else a.bf16 == "on")
+    teacher = None
+    if a.teacher:
+        teacher = _load_model(argparse.Namespace(model=a.teacher_model or a.model, weights=a.teacher))
+        cfg = DistillConfig(**common, temperature=a.temperature, alpha=a.alpha, beta=a.beta)
+    else:
+        cfg = TrainConfig(**common)
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "command.txt").write_text("edgecompress " + " ".join(sys.argv[1:]) + "\n")
-    (out / "train_config.json").write_text(cfg.to_json())
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "command.txt").write_text("edgecompress " + " ".join(sys.argv[1:]) + "\n")
+        (out / "train_config.json").write_text(cfg.to_json())
     t0 = time.time()
-    hist = fit(model, train, test, cfg, checkpoint_dir=out, resume=a.resume)
-    state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / f"{a.model}.safetensors"))
-    summary = {"model": a.model, "final_test_top1": hist[-1].get("val_top1"), "epochs": a.epochs,
-               "test_images": test.num_samples, "wall_seconds": round(time.time() - t0, 1)}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary))
+    hist = fit(model, train, test, cfg, teacher=teacher, checkpoint_dir=out, resume=a.resume)
+    if rank == 0:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(out / f"{a.model}.safetensors"))
+        summary = {"model": a.model, "final_test_top1": hist[-1].get("val_top1"), "epochs": a.epochs,
+                   "test_images": len(test.images), "wall_seconds": round(time.time() - t0, 1)}
+        (out / "summary.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary))
     return 0
 
 
@@ -246,7 +258,7 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--out", default="runs/prune")
     pr.set_defaults(fn=_cmd_prune)
 
-    t = sub.add_parser("train", help="train a zoo model on CIFAR-10 from scratch")
+    t = sub.add_parser("train", help="train (or distil, --teacher) a zoo model on CIFAR-10; torchrun-ready")
     t.add_argument("--model", default="resnet20")
     t.add_argument("--data", default=None, help="CIFAR-10 archive/folder (default: $EDGECOMPRESS_CIFAR10)")
     t.add_argument("--epochs", type=int, default=50)
@@ -262,6 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--resume", action="store_true")
     t.add_argument("--init", default=None, help="start from these weights (.safetensors), e.g. for a warm restart")
+    t.add_argument("--teacher", default=None,
+                   help="distil from this teacher: 'pretrained' (shipped) or a .safetensors/.pt state_dict")
+    t.add_argument("--teacher-model", default=None, help="the teacher's zoo architecture (default: --model)")
+    t.add_argument("--temperature", type=float, default=4.0)
+    t.add_argument("--alpha", type=float, default=0.1, help="weight of the hard-label CE (with --teacher)")
+    t.add_argument("--beta", type=float, default=0.9, help="weight of the KD term (with --teacher)")
     t.add_argument("--out", default="runs/train")
     t.set_defaults(fn=_cmd_train)
 

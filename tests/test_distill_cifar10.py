@@ -9,6 +9,7 @@ import torch
 import edgecompress as ec
 from edgecompress.data import cifar10_loaders
 from edgecompress.distill import DistillConfig, teacher_assistant_chain
+from edgecompress.models.pretrained import pretrained_path
 from edgecompress.prune import PruneConfig, prune_
 
 
@@ -29,3 +30,31 @@ def test_teacher_assistant_chain_on_cifar10_slices(cifar10_path):
     for s in stages[1:]:
         assert s["history"][-1]["steps"] == 16
         assert s["top1"] > s["top1_before"] + 0.05, s  # each stage recovers accuracy it lost to pruning
+
+
+def test_cli_train_runs_unchanged_under_torchrun(cifar10_path, tmp_path):
+    import json
+    import os
+    import shutil
+    import socket
+    import subprocess
+    import sys
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("edgecompress") or pytest.skip("the edgecompress script is not on PATH")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EDGECOMPRESS_DIST_BACKEND": "gloo"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"--master_port={port}", exe,
+           "train", "--model", "resnet20", "--teacher", "pretrained", "--data", str(cifar10_path),
+           "--train-subset", "512", "--test-subset", "256", "--epochs", "1", "--batch-size", "64", "--lr", "0.01",
+           "--bf16", "off", "--init", str(pretrained_path("resnet20")), "--out", str(tmp_path / "run")]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    summaries = [json.loads(line) for line in p.stdout.splitlines() if line.startswith('{"model"')]
+    assert len(summaries) == 1  # only rank 0 reports and writes
+    hist = json.loads((tmp_path / "run" / "history.json").read_text())
+    assert hist[0]["steps"] == 8  # 512 images / global batch 64, each rank taking 32 per step
+    # started from and distilled by the shipped model: it keeps its accuracy on the 256 test images
+    assert summaries[0]["final_test_top1"] >= 0.8 and summaries[0]["test_images"] == 256
+    assert (tmp_path / "run" / "resnet20.safetensors").exists()
