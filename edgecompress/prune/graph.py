@@ -16,6 +16,7 @@ slips through: it is reverted and reported instead.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import warnings
@@ -156,6 +157,41 @@ def build_parts(model: nn.Module, example_inputs: tuple):
     return parts, skipped
 
 
+class IndexExpansionError(Exception):
+    pass
+
+
+# A reshape that Torch-Pruning reads as "flatten" maps each channel to ``stride`` consecutive
+# positions. For a real flatten before a classifier that is C·H·W positions (VGG-16 at 224²:
+# 25,088). Inside attention blocks (Swin's window partitions) the mappings chain and the index lists
+# grow to millions of entries: tracing one group then takes minutes and the mapping is wrong anyway.
+MAX_INDEX_EXPANSION = 1 << 18
+
+
+@contextlib.contextmanager
+def bounded_index_expansion(limit: int = MAX_INDEX_EXPANSION):
+    """Within the block, a flatten index mapping that would produce more than ``limit`` indices
+    raises IndexExpansionError (the group is then left intact, with that reason)."""
+    from torch_pruning.dependency import index_mapping
+
+    cls = index_mapping._FlattenIndexMapping
+    original = cls.__call__
+
+    def guarded(self, idxs):
+        if not self.reverse and len(idxs) * self._stride > limit:
+            raise IndexExpansionError(
+                f"a reshape maps its {len(idxs)} channel indices to {len(idxs) * self._stride} positions "
+                f"(more than {limit}); Torch-Pruning reads it as a flatten, which it is not here (e.g. window "
+                "attention); the group is left intact")
+        return original(self, idxs)
+
+    cls.__call__ = guarded
+    try:
+        yield
+    finally:
+        cls.__call__ = original
+
+
 def collect_groups(model: nn.Module, parts, ignored: list[nn.Module]) -> tuple[list[ChannelGroup], list[Skipped]]:
     """All groups with full channel index lists, in model order, and the groups left out (why)."""
     names = {m: n for n, m in model.named_modules()}
@@ -172,7 +208,11 @@ def collect_groups(model: nn.Module, parts, ignored: list[nn.Module]) -> tuple[l
                 continue
             name = names.get(mod, "?")
             try:
-                g = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(n)))
+                with bounded_index_expansion():
+                    g = dg.get_pruning_group(mod, pruner.prune_out_channels, list(range(n)))
+            except IndexExpansionError as e:
+                skipped.append(Skipped(name, str(e)))
+                continue
             except Exception as e:  # noqa: BLE001
                 skipped.append(Skipped(name, f"group construction failed ({type(e).__name__}: {e})"))
                 continue
@@ -267,7 +307,8 @@ def apply_group(model: nn.Module, g: ChannelGroup, remove: list[int], example_in
     dg = g.dg
     pruner = dg.get_pruner_of_module(g.root)
     try:
-        group = dg.get_pruning_group(g.root, pruner.prune_out_channels, sorted(remove))
+        with bounded_index_expansion():
+            group = dg.get_pruning_group(g.root, pruner.prune_out_channels, sorted(remove))
     except Exception as e:  # noqa: BLE001
         return f"group construction failed ({type(e).__name__}: {e})"
     if not dg.check_pruning_group(group):
