@@ -11,7 +11,7 @@ torchvision = pytest.importorskip("torchvision")
 
 FAMILIES = ["alexnet", "resnet18", "resnext50_32x4d", "mobilenet_v2", "mobilenet_v3_small", "shufflenet_v2_x0_5",
             "regnet_x_400mf", "regnet_y_400mf", "efficientnet_b0", "squeezenet1_1", "googlenet", "mnasnet0_5",
-            "densenet121", "convnext_tiny"]
+            "densenet121", "convnext_tiny", "swin_t"]
 
 
 def _prune(name: str):
@@ -20,7 +20,7 @@ def _prune(name: str):
     try:
         with torch.no_grad():
             model(x)
-    except RuntimeError as e:  # e.g. inception_v3 (needs >= 75 px), ViT/Swin/MaxViT (fixed 224 px)
+    except RuntimeError as e:  # e.g. inception_v3 (needs >= 75 px), ViT/MaxViT (fixed 224 px)
         pytest.skip(f"{name} does not run at 64x64: {str(e)[:80]}")
     rep = prune_(model, PruneConfig(method="l2", ratio=0.5), (x,))
     with torch.no_grad():
@@ -36,6 +36,8 @@ def test_family_is_pruned_and_runs(name):
     rep = _prune(name)
     frac = rep["macs_after"] / rep["macs_before"]
     assert frac <= 0.8, f"{name}: only {1 - frac:.1%} of MACs removed; skipped: {rep['skipped'][:3]}"
+    if name == "swin_t":  # window-attention reshapes: bounded, reported, left intact (was minutes per group)
+        assert any("reshape would map" in s["reason"] for s in rep["skipped"])
     if name == "shufflenet_v2_x0_5":  # Torch-Pruning cannot trace channel_shuffle: pruned part by part
         assert rep["partitioned"] and rep["skipped"]
 

@@ -180,8 +180,8 @@ def bounded_index_expansion(limit: int = MAX_INDEX_EXPANSION):
     def guarded(self, idxs):
         if not self.reverse and len(idxs) * self._stride > limit:
             raise IndexExpansionError(
-                f"a reshape maps its {len(idxs)} channel indices to {len(idxs) * self._stride} positions "
-                f"(more than {limit}); Torch-Pruning reads it as a flatten, which it is not here (e.g. window "
+                f"a reshape would map {len(idxs)} indices of this group to {len(idxs) * self._stride} positions "
+                f"(more than {limit}): Torch-Pruning reads it as a flatten, which it is not here (e.g. window "
                 "attention); the group is left intact")
         return original(self, idxs)
 
