@@ -6,9 +6,10 @@ Activation ranges follow an EMA of the batch min/max for the first ``ema_fractio
 then freeze; weight scales follow the weights (per channel absmax) during training and are written
 back at the end. BatchNorm was folded before calibration, so its statistics are frozen throughout.
 
-Learning rate: the folded network has lost BatchNorm's scale invariance, so SGD steps that are small
-for the BN model are large for it (on the pruned ResNet-20: a gradient norm 4.4x that of the unfolded model on the same
-batch; 30 steps at lr 1e-3 took it from 85.8% to 11.9%, at 1e-4 to 86.0%). Default lr 1e-4.
+Learning rate: the folded network has lost BatchNorm's scale invariance, so SGD steps that are
+small for the BN model are large for it (pruned ResNet-20: gradient norm 4.4x that of the unfolded
+model on the same batch; 30 steps at lr 1e-3 took it from 85.8% to 11.9%, at 1e-4 to 86.0%).
+Default lr 1e-4.
 
 >>> quantize_(qmodel, QuantConfig(), calib, target="ncnn")                          # doctest: +SKIP
 >>> qat_(qmodel, float_model, train, val, DistillConfig(epochs=1, lr=1e-4))          # doctest: +SKIP
