@@ -72,3 +72,26 @@ def test_killed_mid_epoch_then_resumed_reaches_uninterrupted_weights(tmp_path):
     full, resumed = torch.load(tmp_path / "full.pt"), torch.load(tmp_path / "resumed.pt")
     assert _max_diff(full["state"], resumed["state"]) == 0.0
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in full["history"]]
+
+
+def test_sharded_torch_dataloader_covers_the_global_batches():
+    from edgecompress.distill.dist import shard_loader
+    from edgecompress.errors import DataError
+
+    ds = torch.utils.data.TensorDataset(torch.arange(40).float().unsqueeze(1), torch.arange(40))
+    loader = torch.utils.data.DataLoader(ds, batch_size=8, shuffle=True)
+    sharded = [shard_loader(loader, r, 2, train=True, seed=3) for r in (0, 1)]
+    for epoch in (0, 1):
+        torch.manual_seed(epoch + 100)  # the ranks' random states differ: the order must not
+        for s in sharded:
+            s.sampler.set_epoch(epoch)
+        shards = [list(s) for s in sharded]
+        assert all(len(b[1]) == 4 for s in shards for b in s)  # global batch 8 = 2 ranks x 4
+        perm = torch.randperm(40, generator=torch.Generator().manual_seed(3 + epoch)).tolist()
+        single = [set(perm[i:i + 8]) for i in range(0, 40, 8)]  # one process, same permutation
+        assert [set(a[1].tolist()) | set(b[1].tolist()) for a, b in zip(*shards)] == single
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.zeros(7, 1), torch.arange(7)), batch_size=4)
+    got = sorted(i for r in (0, 1) for _, y in shard_loader(val, r, 2, train=False) for i in y.tolist())
+    assert got == list(range(7))  # evaluation shards are exact: no padding, no repeats
+    with pytest.raises(DataError, match="divisible"):
+        shard_loader(torch.utils.data.DataLoader(ds, batch_size=7), 0, 2, train=True)

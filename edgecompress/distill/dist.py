@@ -51,17 +51,24 @@ def all_sum(*values: float) -> list[float]:
 
 
 class _Shard(torch.utils.data.Sampler):
-    """Every ``world``-th index of a base sampler's order, starting at ``rank`` (no padding)."""
+    """Every ``world``-th index of a base sampler's order, starting at ``rank``. A shuffling base
+    (RandomSampler) is replaced by a permutation seeded with ``seed + epoch``, as DistributedSampler
+    does, so that every rank draws the same order whatever its random state."""
 
-    def __init__(self, base, rank: int, world: int, pad: bool):
-        self.base, self.rank, self.world, self.pad = base, rank, world, pad
+    def __init__(self, base, rank: int, world: int, pad: bool, seed: int = 0):
+        self.base, self.rank, self.world, self.pad, self.seed, self.epoch = base, rank, world, pad, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
         if hasattr(self.base, "set_epoch"):
             self.base.set_epoch(epoch)
 
     def _order(self) -> list[int]:
-        order = list(iter(self.base))
+        if isinstance(self.base, torch.utils.data.RandomSampler) and not self.base.replacement:
+            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = torch.randperm(len(self.base.data_source), generator=g).tolist()
+        else:
+            order = list(iter(self.base))
         if self.pad and len(order) % self.world:
             order += order[: self.world - len(order) % self.world]
         return order[self.rank :: self.world]
@@ -74,9 +81,10 @@ class _Shard(torch.utils.data.Sampler):
         return (-(-n // self.world) if self.pad else len(range(self.rank, n, self.world)))
 
 
-def shard_loader(loader, rank: int, world: int, *, train: bool):
+def shard_loader(loader, rank: int, world: int, *, train: bool, seed: int = 0):
     """This rank's share of ``loader``: the project's ArrayLoader (re-sharded), or a torch DataLoader
-    (rebuilt with a sharded sampler). Training shards use the global batch / world per rank and are
+    (rebuilt with a sharded sampler; a shuffling one draws its order from ``seed`` + epoch).
+    Training shards use the global batch / world per rank and are
     padded so every rank takes the same number of steps; evaluation shards are not padded."""
     if world == 1:
         return loader
@@ -92,7 +100,7 @@ def shard_loader(loader, rank: int, world: int, *, train: bool):
         if loader.batch_sampler is not None and loader.batch_size is None:
             raise DataError("a DataLoader with a custom batch_sampler cannot be sharded; pass batch_size= and "
                             "sampler= instead")
-        sampler = _Shard(loader.sampler, rank, world, pad=train)
+        sampler = _Shard(loader.sampler, rank, world, pad=train, seed=seed)
         return torch.utils.data.DataLoader(
             loader.dataset, batch_size=per, sampler=sampler, num_workers=loader.num_workers,
             collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,

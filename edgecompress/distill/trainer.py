@@ -221,7 +221,7 @@ def fit(
     rank, world = dist.init_from_env()
     main = rank == 0
     say = log if main else (lambda s: None)
-    train = dist.shard_loader(train_loader, rank, world, train=True) if train_loader is not None else None
+    train = dist.shard_loader(train_loader, rank, world, train=True, seed=cfg.seed) if train_loader is not None else None
     try:
         steps_per_epoch = len(train)
     except TypeError:
