@@ -51,13 +51,21 @@ def ncnn_net(param: str | Path, bin_: str | Path, threads: int = 1, precision: s
 
 
 def ncnn_run(net, x: np.ndarray) -> np.ndarray:
-    """Run a float32 NCHW batch one image at a time (ncnn has no batch axis), a new Extractor each."""
+    """Run a float32 NCHW batch one image at a time (ncnn has no batch axis), a new Extractor each.
+
+    ``ncnn.Mat(array)`` does not copy: it points into the NumPy buffer, and ncnn reads it only when
+    ``extract`` runs the graph. The array (and the Mat) must therefore stay alive until then; a
+    temporary passed straight to ``input`` may be freed and overwritten first (seen: int8 layers
+    reading garbage, different on every run).
+    """
     import ncnn
 
     outs = []
     for img in x:
+        arr = np.ascontiguousarray(img, dtype=np.float32)
+        mat = ncnn.Mat(arr)
         with net.create_extractor() as ex:
-            ex.input(INPUT_BLOB, ncnn.Mat(np.ascontiguousarray(img, dtype=np.float32)))
+            ex.input(INPUT_BLOB, mat)
             ret, out = ex.extract(OUTPUT_BLOB)
             if ret != 0:
                 raise ExportError(f"ncnn extract({OUTPUT_BLOB!r}) failed with {ret}")
