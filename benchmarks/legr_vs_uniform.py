@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from edgecompress.analysis import count_macs, count_params
-from edgecompress.data import ArrayLoader, cifar10_loaders, load_cifar10
+from edgecompress.data import cifar10_loaders, cifar10_train_slice
 from edgecompress.distill import DistillConfig, distill_
 from edgecompress.models import load_pretrained
 from edgecompress.prune import LegrConfig, PruneConfig, adaptive_bn_fitness, prune_
@@ -45,10 +45,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = cifar10_loaders(a.data, batch_size=128)
-    xs, ys = load_cifar10(a.data)["train"]
-    # a seeded random slice: the archive's training split is sorted by class
-    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(1)).numpy()[:1024]
-    val = ArrayLoader(xs[idx], ys[idx], batch_size=256)
+    val = cifar10_train_slice(a.data, 1024, seed=1, batch_size=256)
     base = load_pretrained("resnet20").eval()
     x = torch.randn(1, 3, 32, 32)
     macs0 = count_macs(base, (x,))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from edgecompress.data import ArrayLoader, cifar10_loaders, load_cifar10
+from edgecompress.data import cifar10_loaders, cifar10_train_slice
 from edgecompress.models import load_pretrained
 from edgecompress.quantize import METHODS, QuantConfig, quantize_
 from edgecompress.utils import predict, top1
@@ -36,10 +36,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     _, test = cifar10_loaders(a.data, batch_size=a.batch, test_subset=a.test_subset)
-    xs, ys = load_cifar10(a.data)["train"]
-    g = torch.Generator().manual_seed(0)
-    idx = torch.randperm(len(xs), generator=g)[: a.calib_images].numpy()
-    calib = ArrayLoader(xs[idx], ys[idx], batch_size=a.batch)  # no augmentation, seeded subset
+    calib = cifar10_train_slice(a.data, a.calib_images, seed=0, batch_size=a.batch)
     base = load_pretrained("resnet20").eval()
     f_logits, labels = predict(base, test)
     rows = {"float": {"top1": top1(f_logits, labels)}}

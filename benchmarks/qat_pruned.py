@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from edgecompress.data import ArrayLoader, cifar10_loaders, load_cifar10
+from edgecompress.data import cifar10_loaders, cifar10_train_slice
 from edgecompress.distill import DistillConfig
 from edgecompress.models import load_pretrained
 from edgecompress.prune import PruneConfig, prune_
@@ -41,9 +41,7 @@ def main() -> None:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test = cifar10_loaders(a.data, batch_size=128)
-    xs, ys = load_cifar10(a.data)["train"]
-    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(0)).numpy()[:1024]
-    calib = ArrayLoader(xs[idx], ys[idx], batch_size=128)
+    calib = cifar10_train_slice(a.data, 1024, seed=0, batch_size=128)
     teacher = load_pretrained("resnet20").eval()
     student = copy.deepcopy(teacher)
     prune_(student, PruneConfig(method="fpgm", macs_target=0.5), (torch.randn(1, 3, 32, 32),))  # as kd_vs_ce.py

@@ -128,3 +128,14 @@ def test_real_cifar10(cifar10_path, monkeypatch):
     assert np.bincount(data["test"][1]).tolist() == [1000] * 10
     mean = data["train"][0].reshape(-1, 3).mean(0) / 255
     np.testing.assert_allclose(mean, [0.4913, 0.4821, 0.4465], atol=2e-3)
+
+
+def test_train_slice_is_seeded_random_and_not_augmented(cifar10_path):
+    from edgecompress.data import cifar10_train_slice
+    from edgecompress.errors import DataError
+
+    a, b = cifar10_train_slice(cifar10_path, 512, seed=3), cifar10_train_slice(cifar10_path, 512, seed=3)
+    assert (a.images == b.images).all() and not a.augment and not a.shuffle
+    assert len(set(a.labels.tolist())) == 10  # random across the class-sorted archive, not one class
+    with pytest.raises(DataError, match="positive"):
+        cifar10_train_slice(cifar10_path, 0)

@@ -6,6 +6,7 @@ from edgecompress.data.cifar10 import (
     CIFAR10_STD,
     ArrayLoader,
     cifar10_loaders,
+    cifar10_train_slice,
     load_cifar10,
 )
 
@@ -15,5 +16,6 @@ __all__ = [
     "CIFAR10_STD",
     "ArrayLoader",
     "cifar10_loaders",
+    "cifar10_train_slice",
     "load_cifar10",
 ]

@@ -294,3 +294,15 @@ def cifar10_loaders(
                         rank=rank, world_size=world_size)
     test = ArrayLoader(vx, vy, eval_batch_size, rank=rank, world_size=world_size)
     return train, test
+
+
+def cifar10_train_slice(path: str | os.PathLike | None = None, n: int = 1024, *, seed: int = 0,
+                        batch_size: int = 128) -> ArrayLoader:
+    """``n`` training images drawn at random (``torch.randperm`` seeded with ``seed``), in order, no
+    augmentation: calibration and search data. Random, because the archive's training split is
+    sorted by class."""
+    if n <= 0:
+        raise DataError(f"slice size must be positive, got {n}")
+    xs, ys = load_cifar10(path)["train"]
+    idx = torch.randperm(len(xs), generator=torch.Generator().manual_seed(seed))[:n].numpy()
+    return ArrayLoader(xs[idx], ys[idx], batch_size)
