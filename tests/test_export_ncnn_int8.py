@@ -98,3 +98,8 @@ def test_rejects_models_not_quantized_for_ncnn(tmp_path):
     quantize_(q, QuantConfig(calib_batches=1, stability_splits=0), train, target="onnx", progress=False)
     with pytest.raises(ExportError, match="ncnn contract"):
         write_ncnn_int8(paths["ncnn_param"], paths["ncnn_bin"], q, tmp_path / "i.param", tmp_path / "i.bin")
+    q = copy.deepcopy(model)
+    quantize_(q, QuantConfig(calib_batches=1, stability_splits=0), train, target="ncnn", progress=False)
+    with pytest.raises(ExportError, match="does not exist"):
+        write_ncnn_int8(paths["ncnn_param"], paths["ncnn_bin"], q, tmp_path / "i.param", tmp_path / "no" / "i.bin")
+    assert not (tmp_path / "i.param").exists() and not list(tmp_path.glob(".*.tmp"))  # nothing half-written

@@ -40,7 +40,7 @@ def resolve_weights(cfg, student: nn.Module, teacher: nn.Module, train_loader, v
     common.update(epochs=-(-cfg.probe_steps // per_epoch), max_steps=cfg.probe_steps, progress=False, max_seconds=None,
                   patience=None, eval_every=0)
     quiet = {"log": lambda s: None}
-    acc0 = _evaluate(copy.deepcopy(probe), measure, bf16=False)
+    acc0 = _evaluate(probe, measure, bf16=False)
     p_a = copy.deepcopy(probe)
     fit(p_a, train_loader, None, DistillConfig(**common, temperature=cfg.temperature, alpha=0.0, beta=1.0),
         teacher=teacher, **quiet)

@@ -275,11 +275,10 @@ def fit(
         for epoch in range(start_epoch, epochs):
             if step >= total or stop:
                 break
-            for ld in (train, train_loader):
-                if hasattr(ld, "set_epoch"):
-                    ld.set_epoch(epoch)
-                elif hasattr(getattr(ld, "sampler", None), "set_epoch"):
-                    ld.sampler.set_epoch(epoch)
+            if hasattr(train, "set_epoch"):
+                train.set_epoch(epoch)
+            elif hasattr(getattr(train, "sampler", None), "set_epoch"):
+                train.sampler.set_epoch(epoch)
             net.train()
             t0, run_loss, n = time.perf_counter(), 0.0, 0
             bar = tqdm(train, desc=f"epoch {epoch + 1}/{epochs}", disable=not (cfg.progress and main), leave=False)

@@ -196,9 +196,27 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, qmodel: torch.nn.M
         table.append(f"{ly.name}_param_0 " + " ".join(f"{v:f}" for v in s_w))
         table.append(f"{ly.name} {s_in:f}")
     head = Path(param_in).read_text().split("\n")[:2]
-    Path(param_out).write_text("\n".join(head + [ly.line() for ly in layers]) + "\n")
-    # the weightless layers contribute nothing; weighted ones were rewritten above in order
-    Path(bin_out).write_bytes(bytes(out))
+    files = {Path(param_out): ("\n".join(head + [ly.line() for ly in layers]) + "\n").encode(),
+             Path(bin_out): bytes(out)}  # weightless layers have nothing in the .bin
     if table_out is not None:
-        Path(table_out).write_text("\n".join(table) + "\n")
+        files[Path(table_out)] = ("\n".join(table) + "\n").encode()
+    _write_all(files)
     return plans
+
+
+def _write_all(files: dict[Path, bytes]) -> None:
+    """Every file or none: all are written to temporaries first, then moved into place."""
+    tmps = {}
+    try:
+        for path, data in files.items():
+            if not path.parent.is_dir():
+                raise ExportError(f"cannot write {path}: the folder {path.parent} does not exist; create it first")
+            tmp = path.with_name(f".{path.name}.tmp")
+            tmp.write_bytes(data)
+            tmps[tmp] = path
+        for tmp, path in tmps.items():
+            tmp.replace(path)
+    except BaseException:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
+        raise
