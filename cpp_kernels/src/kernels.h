@@ -1,0 +1,114 @@
+// Plain C++ interface between the torch-facing dispatcher (ops.cpp) and the per-ISA kernel files.
+// The ISA files are compiled with `#pragma GCC target(...)` and must not include torch headers (their
+// inline functions would be emitted with AVX-512 code and could be merged into non-AVX-512 callers).
+#pragma once
+#include <cstdint>
+
+namespace ec {
+
+// ---- packed int8 weights -------------------------------------------------------------------------
+// Blob = [64-byte header][weights][int32 column sums, one per output channel].
+// Weights: per group g, blocks of 16 output channels x 4 reduction steps, 64 bytes each:
+//   byte ((g*NB + nb)*KB + kb)*64 + lane*4 + j  =  w[g*OCg + nb*16 + lane][k = kb*4 + j]
+// with the reduction index k ordered (kh, kw, ic) to match an NHWC im2col row, zero-padded to Kp.
+// Depthwise convs (ICg == OCg == 1) are packed as a single group whose "channels" are the C channels
+// and whose reduction is over the KH*KW taps.
+constexpr int32_t kPackMagic = 0x50384345;  // "EC8P"
+constexpr int32_t kPackVersion = 1;
+constexpr int32_t kFormatCpuK4N16 = 1;
+constexpr int32_t kFormatCudaK4 = 2;
+
+struct PackHeader {
+  int32_t magic, version, format, oc, icg, kh, kw, groups;
+  int32_t kg, kp, ocg, np, depthwise, w_offset, cs_offset, total_bytes;
+};
+static_assert(sizeof(PackHeader) == 64, "header is 64 bytes");
+
+inline int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// ---- int8 conv -----------------------------------------------------------------------------------
+enum Activation : int { kActNone = 0, kActRelu = 1, kActRelu6 = 2 };
+enum OutKind : int { kOutI32 = 0, kOutF32 = 1, kOutU8 = 2 };
+
+// One GEMM: C[m][n] = sum_k A[m][k] * B[n][k] over the padded reduction Kp, A u8 (row stride lda),
+// B packed as above (one group), then the epilogue per output element:
+//   acc += corr[n] - wzp[n] * rowsum[m]                      (affine zero-point terms, exact int32)
+//   i32: store acc
+//   f32: v = float(acc) * mult[n] + bias[n]; activation; store
+//   u8 : as f32, then q = clamp(nearbyint(v / out_scale) + out_zp, 0, 255)
+struct GemmArgs {
+  const uint8_t* a;        // row m at a + m * lda
+  int64_t lda;
+  const int8_t* b;         // packed weights of this group
+  int64_t kp;              // padded reduction length (multiple of 4)
+  int64_t n;               // real output channels of this group
+  const int32_t* corr;     // [n]
+  const int32_t* wzp;      // [n] or nullptr when all weight zero points are 0
+  const int32_t* rowsum;   // [M] (only read when wzp != nullptr)
+  const float* mult;       // [n]
+  const float* bias;       // [n]
+  int act;
+  int out_kind;
+  float out_scale;
+  int32_t out_zp;
+  void* out;               // element (m, n) at out + m * ldc + n (elements of the output type)
+  int64_t ldc;
+};
+
+// Depthwise: x NHWC u8, one output pixel range [p0, p1) over N*Ho*Wo.
+struct DwArgs {
+  const uint8_t* x;
+  int64_t n, h, w, c, ho, wo;
+  int kh, kw, sh, sw, ph, pw, dh, dw;
+  uint8_t x_zp;
+  const int8_t* b;  // packed [Cp/16][Kp/4][16][4]
+  int64_t kp;
+  const int32_t* corr;
+  const int32_t* wzp;  // or nullptr
+  const float* mult;
+  const float* bias;
+  int act;
+  int out_kind;
+  float out_scale;
+  int32_t out_zp;
+  void* out;  // NHWC, channel stride 1, pixel stride c
+};
+
+void gemm_ref(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void gemm_avx2(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void dw_ref(const DwArgs& d, int64_t p0, int64_t p1);
+void dw_avx2(const DwArgs& d, int64_t p0, int64_t p1);
+void dw_avx512vnni(const DwArgs& d, int64_t p0, int64_t p1);
+
+// Scalar epilogue shared by every path (and mirrored exactly by the Python reference).
+inline float apply_act(float v, int act) {
+  if (act == kActRelu) return v > 0.f ? v : 0.f;
+  if (act == kActRelu6) return v < 0.f ? 0.f : (v > 6.f ? 6.f : v);
+  return v;
+}
+
+// ---- sparse fp32 conv (CSR over output channels) -----------------------------------------------
+// out[n][j] = bias[n] + sum_{p in row n} val[p] * src[off[p] + j], for j in [j0, j1); the caller
+// arranges src (the input itself, a padded copy, or an im2col matrix) so each nonzero is one offset.
+struct SpmmArgs {
+  const float* src;
+  const int32_t* row_ptr;  // [N+1]
+  const int64_t* off;      // [nnz]
+  const float* val;        // [nnz]
+  const float* bias;       // [N] or nullptr
+  int act;
+  float* out;              // row n at out + n * ldo
+  int64_t ldo;
+};
+
+void spmm_ref(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
+void spmm_avx2(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
+void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
+
+// Affine input quantization q = clamp(nearbyint(x / scale) + zp, 0, 255) (half to even), elements [i0, i1).
+void quantize_ref(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp);
+void quantize_avx2(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp);
+void quantize_avx512(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp);
+
+}  // namespace ec

@@ -1,0 +1,227 @@
+// AVX-512 kernels: int8 GEMM / depthwise with VNNI (vpdpbusd: 4 u8 x s8 products summed into each
+// int32 lane, no intermediate saturation) and the fp32 sparse GEMM. Compiled for AVX-512 via the
+// pragma below; only called after a runtime CPU check (ops.cpp). No torch headers here (see kernels.h).
+#include <immintrin.h>
+
+#include <cstring>
+
+#include "kernels.h"
+
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,bmi2")
+
+namespace ec {
+namespace {
+
+inline __mmask16 mask_for(int64_t count) {
+  return count >= 16 ? __mmask16(0xFFFF) : __mmask16((1u << count) - 1u);
+}
+
+// vpdpbusd through asm: GCC 12 keeps a stack copy of every accumulator around the intrinsic (measured
+// 3x slower); the "+v" constraint ties input and output to one register. acc += a(u8) . b(s8).
+inline __m512i dpbusd(__m512i acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+  return acc;
+}
+
+inline int32_t load4(const uint8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+// acc holds exact int32 sums for 16 output channels [nn, nn + 16) (mask: the real ones); xsum is the
+// per-row (GEMM) or per-channel (depthwise) input sum, only used when weight zero points exist.
+template <class Args>
+inline void epilogue16(const Args& g, __m512i acc, __m512i xsum, int64_t nn, __mmask16 mask, int64_t out_idx) {
+  acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(mask, g.corr + nn));
+  if (g.wzp) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, g.wzp + nn), xsum));
+  if (g.out_kind == kOutI32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + out_idx, mask, acc);
+    return;
+  }
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mask, g.mult + nn));
+  v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g.bias + nn));
+  if (g.act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
+  if (g.act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
+  if (g.out_kind == kOutF32) {
+    _mm512_mask_storeu_ps(static_cast<float*>(g.out) + out_idx, mask, v);
+    return;
+  }
+  __m512 q = _mm512_div_ps(v, _mm512_set1_ps(g.out_scale));
+  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-1e6f)), _mm512_set1_ps(1e6f));
+  __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(g.out_zp));  // nearest-even
+  qi = _mm512_min_epi32(_mm512_max_epi32(qi, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.out) + out_idx, mask, qi);
+}
+
+// MR rows x NV*16 channels; acc in 4*6 = 24 zmm at most.
+template <int MR, int NV>
+inline void gemm_tile(const GemmArgs& g, int64_t m, int64_t n) {
+  __m512i acc[MR][NV];
+  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
+  const int8_t* b = g.b + (n / 16) * g.kp * 16;
+  const int64_t bstride = g.kp * 16;
+  const uint8_t* a = g.a + m * g.lda;
+  const int64_t kb_n = g.kp / 4;
+  for (int64_t kb = 0; kb < kb_n; ++kb) {
+    __m512i bv[NV];
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + v * bstride + kb * 64);
+    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(load4(a + r * g.lda + kb * 4));
+      _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[r][v] = dpbusd(acc[r][v], av, bv[v]);
+    }
+  }
+  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
+    const __m512i xs = g.wzp ? _mm512_set1_epi32(g.rowsum[m + r]) : _mm512_setzero_si512();
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const int64_t nn = n + v * 16;
+      epilogue16(g, acc[r][v], xs, nn, mask_for(g.n - nn), (m + r) * g.ldc + nn);
+    }
+  }
+}
+
+template <int MR>
+inline void gemm_rows(const GemmArgs& g, int64_t m, int64_t n, int nv) {
+  switch (nv) {
+    case 1: gemm_tile<MR, 1>(g, m, n); break;
+    case 2: gemm_tile<MR, 2>(g, m, n); break;
+    case 3: gemm_tile<MR, 3>(g, m, n); break;
+    default: gemm_tile<MR, 4>(g, m, n); break;
+  }
+}
+
+constexpr int kMR = 6;
+
+}  // namespace
+
+void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  for (int64_t n = n0; n < n1; n += 64) {
+    const int nv = int((n1 - n + 15) / 16 < 4 ? (n1 - n + 15) / 16 : 4);
+    int64_t m = m0;
+    for (; m + kMR <= m1; m += kMR) gemm_rows<kMR>(g, m, n, nv);
+    switch (m1 - m) {
+      case 5: gemm_rows<5>(g, m, n, nv); break;
+      case 4: gemm_rows<4>(g, m, n, nv); break;
+      case 3: gemm_rows<3>(g, m, n, nv); break;
+      case 2: gemm_rows<2>(g, m, n, nv); break;
+      case 1: gemm_rows<1>(g, m, n, nv); break;
+      default: break;
+    }
+  }
+}
+
+void dw_avx512vnni(const DwArgs& d, int64_t p0, int64_t p1) {
+  const int taps = d.kh * d.kw;
+  const int64_t kb_n = d.kp / 4;
+  const __m128i zp = _mm_set1_epi8(static_cast<char>(d.x_zp));
+  const __m128i zero = _mm_setzero_si128();
+  const uint8_t* src[64];  // taps <= 64 is checked by the dispatcher
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t img = p / (d.ho * d.wo), oh = (p / d.wo) % d.ho, ow = p % d.wo;
+    for (int t = 0; t < taps; ++t) {
+      const int64_t ih = oh * d.sh - d.ph + (t / d.kw) * d.dh, iw = ow * d.sw - d.pw + (t % d.kw) * d.dw;
+      src[t] = (ih < 0 || ih >= d.h || iw < 0 || iw >= d.w) ? nullptr : d.x + ((img * d.h + ih) * d.w + iw) * d.c;
+    }
+    for (int64_t c = 0; c < d.c; c += 16) {
+      const __mmask16 mask = mask_for(d.c - c);
+      __m512i acc = _mm512_setzero_si512(), xs = _mm512_setzero_si512();
+      for (int64_t kb = 0; kb < kb_n; ++kb) {
+        __m128i t[4];
+        int ones = 0;
+        for (int j = 0; j < 4; ++j) {
+          const int tap = int(kb * 4 + j);
+          if (tap >= taps) {
+            t[j] = zero;
+          } else {
+            t[j] = src[tap] ? _mm_maskz_loadu_epi8(mask, src[tap] + c) : zp;
+            ones |= 1 << (8 * j);
+          }
+        }
+        const __m128i l01 = _mm_unpacklo_epi8(t[0], t[1]), h01 = _mm_unpackhi_epi8(t[0], t[1]);
+        const __m128i l23 = _mm_unpacklo_epi8(t[2], t[3]), h23 = _mm_unpackhi_epi8(t[2], t[3]);
+        __m512i xv = _mm512_castsi128_si512(_mm_unpacklo_epi16(l01, l23));
+        xv = _mm512_inserti32x4(xv, _mm_unpackhi_epi16(l01, l23), 1);
+        xv = _mm512_inserti32x4(xv, _mm_unpacklo_epi16(h01, h23), 2);
+        xv = _mm512_inserti32x4(xv, _mm_unpackhi_epi16(h01, h23), 3);
+        acc = dpbusd(acc, xv, _mm512_loadu_si512(d.b + ((c / 16) * kb_n + kb) * 64));
+        if (d.wzp) xs = dpbusd(xs, xv, _mm512_set1_epi32(ones));
+      }
+      epilogue16(d, acc, xs, c, mask, p * d.c + c);
+    }
+  }
+}
+
+namespace {
+
+// One output row n over 64 (NV=4 full vectors) or fewer columns: two interleaved accumulator sets
+// (even / odd nonzeros) give 2*NV independent FMA chains.
+template <int NV>
+inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __mmask16 last) {
+  __m512 a0[NV], a1[NV];
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+    a0[v] = _mm512_setzero_ps();
+    a1[v] = _mm512_setzero_ps();
+  }
+  int32_t p = s.row_ptr[n];
+  const int32_t pe = s.row_ptr[n + 1];
+  for (; p + 2 <= pe; p += 2) {
+    const __m512 w0 = _mm512_set1_ps(s.val[p]), w1 = _mm512_set1_ps(s.val[p + 1]);
+    const float* x0 = s.src + s.off[p] + j;
+    const float* x1 = s.src + s.off[p + 1] + j;
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
+      a0[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x0 + 16 * v), a0[v]);
+      a1[v] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, x1 + 16 * v), a1[v]);
+    }
+  }
+  if (p < pe) {
+    const __m512 w0 = _mm512_set1_ps(s.val[p]);
+    const float* x0 = s.src + s.off[p] + j;
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
+      a0[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x0 + 16 * v), a0[v]);
+    }
+  }
+  const __m512 b = _mm512_set1_ps(s.bias ? s.bias[n] : 0.f);
+  float* o = s.out + n * s.ldo + j;
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+    __m512 r = _mm512_add_ps(_mm512_add_ps(a0[v], a1[v]), b);
+    if (s.act != kActNone) r = _mm512_max_ps(r, _mm512_setzero_ps());
+    if (s.act == kActRelu6) r = _mm512_min_ps(r, _mm512_set1_ps(6.f));
+    _mm512_mask_storeu_ps(o + 16 * v, v == NV - 1 ? last : __mmask16(0xFFFF), r);
+  }
+}
+
+}  // namespace
+
+void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
+  for (int64_t j = j0; j < j1; j += 64) {
+    const int64_t w = j1 - j < 64 ? j1 - j : 64;
+    const int nv = int((w + 15) / 16);
+    const __mmask16 last = mask_for(w - 16 * (nv - 1));
+    for (int64_t n = n0; n < n1; ++n) {
+      switch (nv) {
+        case 1: spmm_row<1>(s, n, j, last); break;
+        case 2: spmm_row<2>(s, n, j, last); break;
+        case 3: spmm_row<3>(s, n, j, last); break;
+        default: spmm_row<4>(s, n, j, last); break;
+      }
+    }
+  }
+}
+
+void quantize_avx512(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp) {
+  const __m512 s = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-1e6f), hi = _mm512_set1_ps(1e6f);
+  const __m512i z = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);
+  for (int64_t i = i0; i < i1; i += 16) {
+    const __mmask16 m = mask_for(i1 - i);
+    __m512 v = _mm512_div_ps(_mm512_maskz_loadu_ps(m, x + i), s);
+    v = _mm512_min_ps(_mm512_max_ps(v, lo), hi);
+    __m512i r = _mm512_add_epi32(_mm512_cvtps_epi32(v), z);
+    r = _mm512_min_epi32(_mm512_max_epi32(r, zero), top);
+    _mm512_mask_cvtepi32_storeu_epi8(q + i, m, r);
+  }
+}
+
+}  // namespace ec

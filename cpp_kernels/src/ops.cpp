@@ -1,0 +1,540 @@
+// torch.library bindings for the edgecompress kernels (CPU). Argument checks are TORCH_CHECKs that
+// name the argument and the fix; the per-ISA kernels (kernels_*.cpp) assume checked inputs.
+//
+// Ops (namespace edgecompress):
+//   kernel_isa() -> str                       the CPU path in use: avx512_vnni | avx2 | ref
+//   set_kernel_isa(str isa) -> str            force a path (tests, benchmarks); returns the previous
+//   quantize_u8(Tensor x, float scale, int zero_point) -> Tensor
+//   int8_pack_weight(Tensor weight, int groups) -> Tensor
+//   int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale,
+//               Tensor w_zero_point, Tensor? bias, int out_channels, int[2] kernel_size,
+//               int[2] stride, int[2] padding, int[2] dilation, int groups, int activation,
+//               float out_scale, int out_zero_point, ScalarType out_dtype) -> Tensor
+//   sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias,
+//                 int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
+//                 int activation) -> Tensor
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <atomic>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "kernels.h"
+
+namespace ec {
+namespace {
+
+enum Isa : int { kIsaRef = 0, kIsaAvx2 = 1, kIsaAvx512Vnni = 2 };
+
+bool cpu_has(Isa isa) {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_cpu_init();
+  if (isa == kIsaAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (isa == kIsaAvx512Vnni)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512vnni");
+#else
+  if (isa != kIsaRef) return false;
+#endif
+  return true;
+}
+
+const char* isa_name(int isa) {
+  return isa == kIsaAvx512Vnni ? "avx512_vnni" : (isa == kIsaAvx2 ? "avx2" : "ref");
+}
+
+int parse_isa(const std::string& s) {
+  if (s == "avx512_vnni") return kIsaAvx512Vnni;
+  if (s == "avx2") return kIsaAvx2;
+  if (s == "ref") return kIsaRef;
+  return -1;
+}
+
+int best_isa() {
+  if (cpu_has(kIsaAvx512Vnni)) return kIsaAvx512Vnni;
+  if (cpu_has(kIsaAvx2)) return kIsaAvx2;
+  return kIsaRef;
+}
+
+std::atomic<int> g_isa{-1};
+
+int current_isa() {
+  int v = g_isa.load();
+  if (v >= 0) return v;
+  v = best_isa();
+  if (const char* env = std::getenv("EDGECOMPRESS_KERNEL_ISA")) {
+    const int want = parse_isa(env);
+    TORCH_CHECK(want >= 0, "EDGECOMPRESS_KERNEL_ISA=", env, ": expected one of avx512_vnni, avx2, ref");
+    TORCH_CHECK(cpu_has(Isa(want)), "EDGECOMPRESS_KERNEL_ISA=", env,
+                ": this CPU does not support it; unset the variable or use 'ref'");
+    v = want;
+  }
+  g_isa.store(v);
+  return v;
+}
+
+std::string kernel_isa() { return isa_name(current_isa()); }
+
+std::string set_kernel_isa(std::string isa) {
+  const int want = parse_isa(isa);
+  TORCH_CHECK(want >= 0, "set_kernel_isa: isa='", isa, "'; expected one of avx512_vnni, avx2, ref");
+  TORCH_CHECK(cpu_has(Isa(want)), "set_kernel_isa: this CPU does not support '", isa,
+              "' (its best path is '", isa_name(best_isa()), "'); use that or 'ref'");
+  const std::string prev = isa_name(current_isa());
+  g_isa.store(want);
+  return prev;
+}
+
+void check_pair(c10::IntArrayRef v, const char* name, int64_t lo) {
+  TORCH_CHECK(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
+  TORCH_CHECK(v[0] >= lo && v[1] >= lo, name, ": expected values >= ", lo, ", got [", v[0], ", ", v[1], "]");
+}
+
+void check_scale(double s, const char* name) {
+  TORCH_CHECK(std::isfinite(s) && s > 0.0, name, ": expected a finite scale > 0, got ", s,
+              " (a zero or negative scale has no inverse; recalibrate the layer)");
+}
+
+// Small fixed sizes inline (channel counts of stems and narrow layers); the rest is memcpy.
+inline void copy_bytes(uint8_t* d, const uint8_t* s, int64_t n) {
+  switch (n) {
+    case 1: d[0] = s[0]; return;
+    case 2: std::memcpy(d, s, 2); return;
+    case 3: std::memcpy(d, s, 3); return;
+    case 4: std::memcpy(d, s, 4); return;
+    case 8: std::memcpy(d, s, 8); return;
+    case 16: std::memcpy(d, s, 16); return;
+    case 32: std::memcpy(d, s, 32); return;
+    case 64: std::memcpy(d, s, 64); return;
+    default: std::memcpy(d, s, size_t(n));
+  }
+}
+
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+
+// ---------------------------------------------------------------------------------------------------
+at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
+  TORCH_CHECK(x.device().is_cpu(), "quantize_u8: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_u8: x must be float32, got ", x.scalar_type());
+  check_scale(scale, "quantize_u8: scale");
+  TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "quantize_u8: zero_point must be in [0, 255], got ", zero_point);
+  const auto fmt = x.dim() == 4 ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
+  const at::Tensor xc = x.contiguous(fmt);
+  at::Tensor q = at::empty(xc.sizes(), xc.options().dtype(at::kByte), fmt);
+  const float* src = xc.data_ptr<float>();
+  uint8_t* dst = q.data_ptr<uint8_t>();
+  const float s = static_cast<float>(scale);
+  const int32_t z = static_cast<int32_t>(zero_point);
+  const int isa = current_isa();
+  at::parallel_for(0, xc.numel(), 16384, [&](int64_t i0, int64_t i1) {
+    if (isa == kIsaAvx512Vnni) quantize_avx512(src, dst, i0, i1, s, z);
+    else if (isa == kIsaAvx2) quantize_avx2(src, dst, i0, i1, s, z);
+    else quantize_ref(src, dst, i0, i1, s, z);
+  });
+  return q;
+}
+
+// ---------------------------------------------------------------------------------------------------
+struct PackPlan {
+  bool depthwise;
+  int64_t g_eff, np, kp, wbytes, cs_off, total;
+};
+
+PackPlan plan_pack(int64_t oc, int64_t icg, int64_t kh, int64_t kw, int64_t groups) {
+  PackPlan p{};
+  p.depthwise = groups > 1 && icg == 1 && oc == groups && kh * kw <= 64;
+  if (p.depthwise) {
+    p.g_eff = 1;
+    p.np = round_up(oc, 16);
+    p.kp = round_up(kh * kw, 4);
+  } else {
+    p.g_eff = groups;
+    p.np = round_up(oc / groups, 16);
+    p.kp = round_up(icg * kh * kw, 4);
+  }
+  p.wbytes = p.g_eff * p.np * p.kp;
+  p.cs_off = 64 + round_up(p.wbytes, 64);
+  p.total = p.cs_off + 4 * oc;
+  return p;
+}
+
+at::Tensor int8_pack_weight(const at::Tensor& weight, int64_t groups) {
+  TORCH_CHECK(weight.device().is_cpu(), "int8_pack_weight: weight must be a CPU tensor here, got ", weight.device());
+  TORCH_CHECK(weight.scalar_type() == at::kChar, "int8_pack_weight: weight must be torch.int8 codes [OC, IC/groups, KH, KW], got ",
+              weight.scalar_type());
+  TORCH_CHECK(weight.dim() == 4, "int8_pack_weight: weight must be 4-D [OC, IC/groups, KH, KW], got ", weight.dim(), "-D");
+  TORCH_CHECK(groups >= 1, "int8_pack_weight: groups must be >= 1, got ", groups);
+  const int64_t oc = weight.size(0), icg = weight.size(1), kh = weight.size(2), kw = weight.size(3);
+  TORCH_CHECK(oc >= 1 && icg >= 1 && kh >= 1 && kw >= 1, "int8_pack_weight: weight has an empty dimension: ", weight.sizes());
+  TORCH_CHECK(oc % groups == 0, "int8_pack_weight: out channels (", oc, ") must be divisible by groups (", groups, ")");
+  const PackPlan p = plan_pack(oc, icg, kh, kw, groups);
+  TORCH_CHECK(p.total < (int64_t(1) << 31), "int8_pack_weight: weight too large to pack (", p.total, " bytes)");
+  at::Tensor blob = at::zeros({p.total}, weight.options().dtype(at::kChar));
+  int8_t* base = blob.data_ptr<int8_t>();
+  const at::Tensor w = weight.contiguous();
+  const int8_t* src = w.data_ptr<int8_t>();
+  const int64_t ocg = oc / groups, taps = kh * kw, kg = icg * taps;
+  int8_t* dst = base + 64;
+  int32_t* cs = reinterpret_cast<int32_t*>(base + p.cs_off);
+  for (int64_t o = 0; o < oc; ++o) {
+    const int64_t g = p.depthwise ? 0 : o / ocg, n = p.depthwise ? o : o % ocg;
+    int32_t sum = 0;
+    for (int64_t ic = 0; ic < icg; ++ic)
+      for (int64_t t = 0; t < taps; ++t) {
+        const int8_t v = src[(o * icg + ic) * taps + t];
+        const int64_t k = t * icg + ic;  // (kh, kw, ic) order of an NHWC im2col row
+        dst[((g * (p.np / 16) + n / 16) * (p.kp / 4) + k / 4) * 64 + (n % 16) * 4 + k % 4] = v;
+        sum += v;
+      }
+    cs[o] = sum;
+  }
+  PackHeader h{kPackMagic, kPackVersion, kFormatCpuK4N16, int32_t(oc), int32_t(icg), int32_t(kh), int32_t(kw),
+               int32_t(groups), int32_t(kg), int32_t(p.kp), int32_t(ocg), int32_t(p.np), int32_t(p.depthwise),
+               64, int32_t(p.cs_off), int32_t(p.total)};
+  std::memcpy(base, &h, sizeof(h));
+  return blob;
+}
+
+PackHeader read_header(const at::Tensor& w_packed) {
+  TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 1 && w_packed.is_contiguous() &&
+                  w_packed.numel() >= 64,
+              "int8_conv2d: w_packed must be the 1-D int8 tensor returned by int8_pack_weight");
+  PackHeader h;
+  std::memcpy(&h, w_packed.data_ptr<int8_t>(), sizeof(h));
+  TORCH_CHECK(h.magic == kPackMagic && h.version == kPackVersion,
+              "int8_conv2d: w_packed was not produced by int8_pack_weight (bad magic/version); repack the weight");
+  TORCH_CHECK(h.total_bytes == w_packed.numel(), "int8_conv2d: w_packed is truncated (", w_packed.numel(), " of ",
+              h.total_bytes, " bytes)");
+  return h;
+}
+
+at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point, const at::Tensor& w_packed,
+                       const at::Tensor& w_scale, const at::Tensor& w_zero_point, const c10::optional<at::Tensor>& bias,
+                       int64_t out_channels, c10::IntArrayRef kernel_size, c10::IntArrayRef stride,
+                       c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t groups, int64_t activation,
+                       double out_scale, int64_t out_zero_point, at::ScalarType out_dtype) {
+  // ---- checks ----
+  TORCH_CHECK(x.device().is_cpu(), "int8_conv2d: x is on ", x.device(), "; this is the CPU kernel (move x, or pack on that device)");
+  TORCH_CHECK(x.scalar_type() == at::kByte, "int8_conv2d: x must be uint8 codes (quantize_u8 first), got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 4, "int8_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
+              "int8_conv2d: x must be channels_last (NHWC); call x.contiguous(memory_format=torch.channels_last)");
+  TORCH_CHECK(w_packed.device().is_cpu(), "int8_conv2d: w_packed is on ", w_packed.device(), ", x on cpu");
+  check_scale(x_scale, "int8_conv2d: x_scale");
+  TORCH_CHECK(x_zero_point >= 0 && x_zero_point <= 255, "int8_conv2d: x_zero_point must be in [0, 255], got ", x_zero_point);
+  check_pair(kernel_size, "int8_conv2d: kernel_size", 1);
+  check_pair(stride, "int8_conv2d: stride", 1);
+  check_pair(padding, "int8_conv2d: padding", 0);
+  check_pair(dilation, "int8_conv2d: dilation", 1);
+  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
+              "int8_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  const PackHeader h = read_header(w_packed);
+  TORCH_CHECK(h.format == kFormatCpuK4N16, "int8_conv2d: w_packed was packed for another device (format ", h.format, ")");
+  TORCH_CHECK(h.oc == out_channels && h.kh == kernel_size[0] && h.kw == kernel_size[1] && h.groups == groups,
+              "int8_conv2d: out_channels/kernel_size/groups (", out_channels, ", [", kernel_size[0], ", ", kernel_size[1],
+              "], ", groups, ") do not match w_packed (", h.oc, ", [", h.kh, ", ", h.kw, "], ", h.groups, ")");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = out_channels;
+  TORCH_CHECK(C == int64_t(h.icg) * groups, "int8_conv2d: x has ", C, " channels; the weight expects ",
+              int64_t(h.icg) * groups, " (in_channels/groups = ", h.icg, ", groups = ", groups, ")");
+  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.numel() == OC,
+              "int8_conv2d: w_scale must be float32 with one scale per output channel (", OC, "), got ",
+              w_scale.scalar_type(), " ", w_scale.sizes());
+  TORCH_CHECK(w_zero_point.scalar_type() == at::kInt && w_zero_point.dim() == 1 && w_zero_point.numel() == OC,
+              "int8_conv2d: w_zero_point must be int32 with one value per output channel (", OC, "), got ",
+              w_zero_point.scalar_type(), " ", w_zero_point.sizes());
+  TORCH_CHECK(w_scale.device().is_cpu() && w_zero_point.device().is_cpu(), "int8_conv2d: w_scale/w_zero_point must be on the CPU");
+  const at::Tensor ws = w_scale.contiguous(), wz = w_zero_point.contiguous();
+  const float* wsp = ws.data_ptr<float>();
+  const int32_t* wzp = wz.data_ptr<int32_t>();
+  bool any_wzp = false;
+  for (int64_t o = 0; o < OC; ++o) {
+    TORCH_CHECK(std::isfinite(wsp[o]) && wsp[o] > 0.f, "int8_conv2d: w_scale[", o, "] = ", wsp[o],
+                "; weight scales must be finite and > 0");
+    TORCH_CHECK(wzp[o] >= -128 && wzp[o] <= 127, "int8_conv2d: w_zero_point[", o, "] = ", wzp[o], " is outside int8 [-128, 127]");
+    any_wzp = any_wzp || wzp[o] != 0;
+  }
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == OC && bias->device().is_cpu(),
+                "int8_conv2d: bias must be a float32 CPU vector of ", OC, " values, got ", bias->scalar_type(), " ", bias->sizes());
+    b = bias->contiguous();
+  }
+  int out_kind;
+  if (out_dtype == at::kInt) {
+    out_kind = kOutI32;
+    TORCH_CHECK(!b.defined() && activation == kActNone,
+                "int8_conv2d: out_dtype=int32 returns the raw accumulators; pass bias=None and activation=0");
+  } else if (out_dtype == at::kFloat) {
+    out_kind = kOutF32;
+  } else if (out_dtype == at::kByte) {
+    out_kind = kOutU8;
+    check_scale(out_scale, "int8_conv2d: out_scale");
+    TORCH_CHECK(out_zero_point >= 0 && out_zero_point <= 255, "int8_conv2d: out_zero_point must be in [0, 255], got ", out_zero_point);
+  } else {
+    TORCH_CHECK(false, "int8_conv2d: out_dtype must be torch.uint8 (requantize), torch.float32 (dequantize) or torch.int32, got ", out_dtype);
+  }
+  const int64_t KH = h.kh, KW = h.kw;
+  const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
+  const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(Ho >= 1 && Wo >= 1, "int8_conv2d: input ", H, "x", W, " is smaller than the dilated kernel (output would be ",
+              Ho, "x", Wo, ")");
+  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options().dtype(out_dtype), at::MemoryFormat::ChannelsLast);
+  if (out.numel() == 0) return out;
+
+  // ---- per-channel epilogue constants ----
+  const int32_t zx = int32_t(x_zero_point);
+  const float xs = static_cast<float>(x_scale);
+  const int32_t* colsum = reinterpret_cast<const int32_t*>(w_packed.data_ptr<int8_t>() + h.cs_offset);
+  std::vector<int32_t> corr(OC);
+  std::vector<float> mult(OC), bias_v(OC, 0.f);
+  for (int64_t o = 0; o < OC; ++o) {
+    corr[o] = -zx * colsum[o] + int32_t(h.kg) * zx * wzp[o];
+    mult[o] = xs * wsp[o];
+    if (b.defined()) bias_v[o] = b.data_ptr<float>()[o];
+  }
+  const int isa = current_isa();
+  const int8_t* wdata = w_packed.data_ptr<int8_t>() + h.w_offset;
+  const uint8_t* xd = x.data_ptr<uint8_t>();
+  char* od = static_cast<char*>(out.data_ptr());
+  const int64_t esize = out.element_size();
+  const int64_t M = N * Ho * Wo;
+
+  if (h.depthwise) {
+    DwArgs d{xd, N, H, W, C, Ho, Wo, int(KH), int(KW), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
+             int(dilation[0]), int(dilation[1]), uint8_t(zx), wdata, h.kp, corr.data(), any_wzp ? wzp : nullptr,
+             mult.data(), bias_v.data(), int(activation), out_kind, float(out_scale), int32_t(out_zero_point), od};
+    const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
+    at::parallel_for(0, M, grain, [&](int64_t p0, int64_t p1) {
+      if (isa == kIsaAvx512Vnni) dw_avx512vnni(d, p0, p1);
+      else if (isa == kIsaAvx2) dw_avx2(d, p0, p1);
+      else dw_ref(d, p0, p1);
+    });
+    return out;
+  }
+
+  const int64_t icg = h.icg, ocg = h.ocg, kp = h.kp, kg = h.kg;
+  const bool direct = groups == 1 && KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 &&
+                      padding[1] == 0 && C % 4 == 0;
+  const int64_t n_tiles = (ocg + 63) / 64;
+  // Rows per task: ~192 KiB of A (L2-resident while every 64-channel panel of B streams past it), a
+  // multiple of 6 (the VNNI micro-tile). A task owns its rows (im2col into a task buffer, so the
+  // patch matrix is built by the thread that reads it) and a range of panels; when the rows give
+  // too few tasks for the threads, the panels are split too (the few rows are then gathered twice).
+  const int64_t threads = at::get_num_threads();
+  int64_t mb = std::max<int64_t>(6, (196608 / std::max<int64_t>(kp, 1)) / 6 * 6);
+  while (mb > 6 && (M + mb - 1) / mb < 2 * threads) mb = std::max<int64_t>(6, (mb / 2) / 6 * 6);
+  const int64_t m_tiles = (M + mb - 1) / mb;
+  const int64_t n_splits = std::min<int64_t>(n_tiles, std::max<int64_t>(1, (2 * threads + m_tiles - 1) / m_tiles));
+  const int64_t panels_per_split = (n_tiles + n_splits - 1) / n_splits;
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+
+  for (int64_t g = 0; g < groups; ++g) {
+    GemmArgs ga{nullptr, 0, wdata + g * (h.np / 16) * kp * 16, kp, ocg, corr.data() + g * ocg,
+                any_wzp ? wzp + g * ocg : nullptr, nullptr, mult.data() + g * ocg,
+                bias_v.data() + g * ocg, int(activation), out_kind, float(out_scale), int32_t(out_zero_point),
+                od + g * ocg * esize, OC};
+    at::parallel_for(0, m_tiles * n_splits, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<uint8_t> col;
+      std::vector<int32_t> rsum;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t m0 = (t / n_splits) * mb, m1 = std::min(M, m0 + mb), rows = m1 - m0;
+        const int64_t n0 = (t % n_splits) * panels_per_split * 64;
+        const int64_t n1 = std::min(ocg, n0 + panels_per_split * 64);
+        if (n0 >= n1) continue;
+        GemmArgs ta = ga;
+        if (any_wzp) rsum.resize(size_t(rows));
+        if (direct) {
+          ta.a = xd + m0 * C;
+          ta.lda = C;
+          if (any_wzp)
+            for (int64_t m = 0; m < rows; ++m) {
+              int32_t sum = 0;
+              for (int64_t c = 0; c < C; ++c) sum += ta.a[m * C + c];
+              rsum[m] = sum;
+            }
+        } else {
+          col.resize(size_t(rows * kp));
+          for (int64_t m = 0; m < rows; ++m) {
+            const int64_t p = m0 + m, img = p / (Ho * Wo), oh = (p / Wo) % Ho, ow = p % Wo;
+            uint8_t* row = col.data() + m * kp;
+            for (int64_t i = 0; i < KH; ++i) {
+              const int64_t ih = oh * sh - ph + i * dh;
+              for (int64_t j = 0; j < KW; ++j) {
+                const int64_t iw = ow * sw - pw + j * dw;
+                uint8_t* d = row + (i * KW + j) * icg;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) std::memset(d, zx, size_t(icg));
+                else copy_bytes(d, xd + ((img * H + ih) * W + iw) * C + g * icg, icg);
+              }
+            }
+            std::memset(row + kg, 0, size_t(kp - kg));
+            if (any_wzp) {
+              int32_t sum = 0;
+              for (int64_t k = 0; k < kg; ++k) sum += row[k];
+              rsum[m] = sum;
+            }
+          }
+          ta.a = col.data();
+          ta.lda = kp;
+        }
+        // the kernels index A, rowsum and the output from the block's first row
+        ta.rowsum = any_wzp ? rsum.data() : nullptr;
+        ta.out = static_cast<char*>(ga.out) + m0 * OC * esize;
+        if (isa == kIsaAvx512Vnni) gemm_avx512vnni(ta, 0, rows, n0, n1);
+        else if (isa == kIsaAvx2) gemm_avx2(ta, 0, rows, n0, n1);
+        else gemm_ref(ta, 0, rows, n0, n1);
+      }
+    });
+  }
+  return out;
+}
+
+// ---------------------------------------------------------------------------------------------------
+at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const at::Tensor& col_idx,
+                         const at::Tensor& values, const c10::optional<at::Tensor>& bias, c10::IntArrayRef kernel_size,
+                         c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t activation) {
+  TORCH_CHECK(x.device().is_cpu(), "sparse_conv2d: x is on ", x.device(), "; this is the CPU kernel");
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "sparse_conv2d: x must be float32, got ", x.scalar_type());
+  TORCH_CHECK(x.dim() == 4, "sparse_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
+  TORCH_CHECK(row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 && row_ptr.numel() >= 2,
+              "sparse_conv2d: row_ptr must be 1-D int32 with out_channels + 1 entries (CSR)");
+  TORCH_CHECK(col_idx.scalar_type() == at::kInt && col_idx.dim() == 1, "sparse_conv2d: col_idx must be 1-D int32");
+  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.numel() == col_idx.numel(),
+              "sparse_conv2d: values must be 1-D float32 with one value per col_idx entry (", col_idx.numel(), "), got ",
+              values.scalar_type(), " ", values.sizes());
+  TORCH_CHECK(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
+              "sparse_conv2d: row_ptr/col_idx/values must be CPU tensors");
+  check_pair(kernel_size, "sparse_conv2d: kernel_size", 1);
+  check_pair(stride, "sparse_conv2d: stride", 1);
+  check_pair(padding, "sparse_conv2d: padding", 0);
+  check_pair(dilation, "sparse_conv2d: dilation", 1);
+  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
+              "sparse_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = row_ptr.numel() - 1;
+  const int64_t KH = kernel_size[0], KW = kernel_size[1], K = C * KH * KW;
+  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous(), vals = values.contiguous();
+  const int32_t* rpp = rp.data_ptr<int32_t>();
+  const int32_t* cip = ci.data_ptr<int32_t>();
+  const int64_t nnz = ci.numel();
+  TORCH_CHECK(rpp[0] == 0 && rpp[OC] == nnz, "sparse_conv2d: row_ptr must start at 0 and end at nnz (", nnz, "), got ",
+              rpp[0], " .. ", rpp[OC]);
+  for (int64_t n = 0; n < OC; ++n)
+    TORCH_CHECK(rpp[n] <= rpp[n + 1], "sparse_conv2d: row_ptr must be non-decreasing (row ", n, ")");
+  for (int64_t p = 0; p < nnz; ++p)
+    TORCH_CHECK(cip[p] >= 0 && cip[p] < K, "sparse_conv2d: col_idx[", p, "] = ", cip[p], " is outside [0, C*KH*KW = ", K,
+                "); x has ", C, " channels");
+  at::Tensor b;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == OC && bias->device().is_cpu(),
+                "sparse_conv2d: bias must be a float32 CPU vector of ", OC, " values");
+    b = bias->contiguous();
+  }
+  const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
+  const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(Ho >= 1 && Wo >= 1, "sparse_conv2d: input ", H, "x", W, " is smaller than the dilated kernel");
+  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options());
+  const at::Tensor xc = x.contiguous();
+  const int isa = current_isa();
+  const bool pointwise = KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
+  const bool unit_stride = stride[0] == 1 && stride[1] == 1;
+  // source layout: pointwise -> x itself; stride 1 -> a zero-padded copy read with row pitch Wp (the
+  // Wp - Wo extra columns per row are computed and dropped); otherwise an im2col matrix [K][Ho*Wo].
+  const int64_t Hp = H + 2 * padding[0], Wp = W + 2 * padding[1];
+  const int64_t J = pointwise ? H * W : (unit_stride ? Ho * Wp : Ho * Wo);
+  std::vector<int64_t> off(nnz);
+  for (int64_t p = 0; p < nnz; ++p) {
+    const int64_t c = cip[p] / (KH * KW), t = cip[p] % (KH * KW), kh = t / KW, kw = t % KW;
+    off[p] = pointwise ? c * H * W : (unit_stride ? c * Hp * Wp + kh * dilation[0] * Wp + kw * dilation[1] : cip[p] * J);
+  }
+  std::vector<float> src_buf, tmp;
+  if (!pointwise) src_buf.resize(size_t(unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J));
+  if (!pointwise && unit_stride) tmp.resize(size_t(OC * J));
+  const int64_t jt = isa == kIsaAvx512Vnni ? 64 : 32;
+  const int64_t j_tiles = (J + jt - 1) / jt;
+  const int64_t threads = at::get_num_threads();
+  int64_t n_chunks = j_tiles >= 4 * threads ? 1 : std::min<int64_t>(OC, (4 * threads + j_tiles - 1) / j_tiles);
+  const int64_t n_per = (OC + n_chunks - 1) / n_chunks;
+  n_chunks = (OC + n_per - 1) / n_per;
+  const int64_t j_per_task = j_tiles >= 4 * threads ? jt * ((j_tiles + 4 * threads - 1) / (4 * threads)) : jt;
+  const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
+  for (int64_t img = 0; img < N; ++img) {
+    const float* xi = xc.data_ptr<float>() + img * C * H * W;
+    const float* src = xi;
+    if (!pointwise && unit_stride) {
+      float* s = src_buf.data();
+      std::fill(src_buf.begin(), src_buf.end(), 0.f);
+      at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t y = 0; y < H; ++y)
+            std::memcpy(s + c * Hp * Wp + (y + padding[0]) * Wp + padding[1], xi + (c * H + y) * W, size_t(W) * 4);
+      });
+      src = s;
+    } else if (!pointwise) {
+      float* s = src_buf.data();
+      at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
+          for (int64_t oh = 0; oh < Ho; ++oh) {
+            const int64_t ih = oh * stride[0] - padding[0] + kh * dilation[0];
+            for (int64_t ow = 0; ow < Wo; ++ow) {
+              const int64_t iw = ow * stride[1] - padding[1] + kw * dilation[1];
+              s[k * J + oh * Wo + ow] = (ih < 0 || ih >= H || iw < 0 || iw >= W) ? 0.f : xi[(c * H + ih) * W + iw];
+            }
+          }
+        }
+      });
+      src = s;
+    }
+    float* dst = (!pointwise && unit_stride) ? tmp.data() : out.data_ptr<float>() + img * OC * Ho * Wo;
+    SpmmArgs sa{src, rpp, off.data(), vals.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
+                int(activation), dst, J};
+    at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = (t / j_chunks) * n_per, n1 = std::min(OC, n0 + n_per);
+        const int64_t j0 = (t % j_chunks) * j_per_task, j1 = std::min(J, j0 + j_per_task);
+        if (isa == kIsaAvx512Vnni) spmm_avx512(sa, n0, n1, j0, j1);
+        else if (isa == kIsaAvx2) spmm_avx2(sa, n0, n1, j0, j1);
+        else spmm_ref(sa, n0, n1, j0, j1);
+      }
+    });
+    if (!pointwise && unit_stride) {
+      float* o = out.data_ptr<float>() + img * OC * Ho * Wo;
+      at::parallel_for(0, OC, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t y = 0; y < Ho; ++y) std::memcpy(o + (n * Ho + y) * Wo, tmp.data() + n * J + y * Wp, size_t(Wo) * 4);
+      });
+    }
+  }
+  return out;
+}
+
+}  // namespace
+}  // namespace ec
+
+TORCH_LIBRARY(edgecompress, m) {
+  m.def("kernel_isa() -> str");
+  m.def("set_kernel_isa(str isa) -> str");
+  m.def("quantize_u8(Tensor x, float scale, int zero_point) -> Tensor");
+  m.def("int8_pack_weight(Tensor weight, int groups) -> Tensor");
+  m.def(
+      "int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale, Tensor w_zero_point, "
+      "Tensor? bias, int out_channels, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int groups, "
+      "int activation, float out_scale, int out_zero_point, ScalarType out_dtype) -> Tensor");
+  m.def(
+      "sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");
+  m.impl("kernel_isa", &ec::kernel_isa);
+  m.impl("set_kernel_isa", &ec::set_kernel_isa);
+}
+
+TORCH_LIBRARY_IMPL(edgecompress, CPU, m) {
+  m.impl("quantize_u8", &ec::quantize_u8);
+  m.impl("int8_pack_weight", &ec::int8_pack_weight);
+  m.impl("int8_conv2d", &ec::int8_conv2d);
+  m.impl("sparse_conv2d", &ec::sparse_conv2d);
+}
