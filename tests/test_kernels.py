@@ -1,0 +1,309 @@
+"""cpp_kernels: int8 affine conv and CSR sparse conv against independent references, on every CPU path
+this machine has; opcheck; argument errors; the fallback when the library cannot be built."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from edgecompress.kernels import ops, reference
+
+CL = torch.channels_last
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _loaded():
+    ops.load()
+    yield
+    if ops.compiled():
+        ops.set_kernel_isa(_best_isa())
+
+
+def _best_isa() -> str:
+    for isa in ("avx512_vnni", "avx2", "ref"):
+        try:
+            torch.ops.edgecompress.set_kernel_isa(isa)
+            return isa
+        except RuntimeError:
+            continue
+    return "ref"
+
+
+def _isas() -> list[str]:
+    if not ops.compiled():
+        return ["python"]
+    have = []
+    prev = torch.ops.edgecompress.kernel_isa()
+    for isa in ("ref", "avx2", "avx512_vnni"):
+        try:
+            torch.ops.edgecompress.set_kernel_isa(isa)
+            have.append(isa)
+        except RuntimeError:
+            pass
+    torch.ops.edgecompress.set_kernel_isa(prev)
+    return have
+
+
+def int64_conv(x, x_zp, w, w_zp, stride, padding, dilation, groups):
+    """sum (x - x_zp)(w - w_zp) in int64, written from the definition (shifted slices + einsum)."""
+    n, c, h, wd = x.shape
+    oc, icg, kh, kw = w.shape
+    xi = F.pad(x.to(torch.int64) - x_zp, (padding[1], padding[1], padding[0], padding[0]))  # real 0 = x_zp
+    wi = w.to(torch.int64) - w_zp.to(torch.int64).view(-1, 1, 1, 1)
+    ho = (h + 2 * padding[0] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    wo = (wd + 2 * padding[1] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    out = torch.zeros(n, groups, oc // groups, ho, wo, dtype=torch.int64)
+    for i in range(kh):
+        for j in range(kw):
+            patch = xi[:, :, i * dilation[0]: i * dilation[0] + (ho - 1) * stride[0] + 1: stride[0],
+                       j * dilation[1]: j * dilation[1] + (wo - 1) * stride[1] + 1: stride[1]]
+            patch = patch.reshape(n, groups, icg, ho, wo)
+            out += torch.einsum("ngchw,goc->ngohw", patch, wi[:, :, i, j].reshape(groups, oc // groups, icg))
+    return out.reshape(n, oc, ho, wo)
+
+
+# n, c, h, w, oc, k, stride, pad, dilation, groups
+CASES = [
+    (2, 3, 9, 11, 16, 3, 1, 1, 1, 1),      # stem-like: 3 input channels
+    (1, 16, 8, 8, 32, 3, 2, 1, 1, 1),      # stride 2
+    (3, 64, 7, 7, 70, 1, 1, 0, 1, 1),      # 1x1 direct path, output channels not a multiple of 16
+    (2, 10, 9, 9, 20, 3, 1, 2, 2, 2),      # dilation + groups
+    (2, 32, 10, 10, 32, 3, 1, 1, 1, 32),   # depthwise
+    (1, 20, 11, 9, 20, 5, 2, 2, 1, 20),    # depthwise 5x5 stride 2, channels not a multiple of 16
+    (1, 48, 6, 6, 96, 1, 2, 0, 1, 1),      # 1x1 stride 2 (im2col path)
+    (4, 8, 5, 5, 24, 3, 1, 0, 1, 4),       # grouped, no padding
+    (1, 7, 13, 5, 9, (3, 1), (2, 1), (1, 0), 1, 1),  # rectangular kernel / stride / padding
+]
+
+
+def _pair(v):
+    return tuple(v) if isinstance(v, tuple) else (v, v)
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c)).replace(" ", ""))
+@pytest.mark.parametrize("w_zp_on", [False, True], ids=["wzp0", "wzp"])
+def test_int8_conv_exact(isa, case, w_zp_on):
+    if isa != "python":
+        ops.set_kernel_isa(isa)
+    n, c, h, w, oc, k, s, p, d, g = case
+    k, s, p, d = _pair(k), _pair(s), _pair(p), _pair(d)
+    gen = torch.Generator().manual_seed(hash(case) % 2**31)
+    x = torch.randint(0, 256, (n, c, h, w), dtype=torch.uint8, generator=gen).contiguous(memory_format=CL)
+    wq = torch.randint(-127, 128, (oc, c // g, *k), dtype=torch.int8, generator=gen)
+    wz = torch.randint(-20, 21, (oc,), dtype=torch.int32, generator=gen) if w_zp_on else torch.zeros(oc, dtype=torch.int32)
+    ws = torch.rand(oc, generator=gen) * 0.01 + 1e-3
+    bias = torch.randn(oc, generator=gen)
+    pk = ops.int8_pack_weight(wq, g)
+    assert torch.equal(pk, reference.pack_weight(wq, g))  # C++ and Python pack the same bytes
+    x_zp = 7
+    acc = ops.int8_conv2d(x, 0.05, x_zp, pk, ws, wz, None, oc, k, s, p, d, g, 0, 1.0, 0, torch.int32)
+    want = int64_conv(x, x_zp, wq, wz, s, p, d, g)
+    assert acc.dtype == torch.int32 and acc.is_contiguous(memory_format=CL)
+    assert torch.equal(acc.to(torch.int64), want)  # exact integer sums
+    for act, dtype in [(0, torch.float32), (1, torch.float32), (2, torch.uint8), (1, torch.uint8)]:
+        y = ops.int8_conv2d(x, 0.05, x_zp, pk, ws, wz, bias, oc, k, s, p, d, g, act, 0.03, 3, dtype)
+        y_ref = reference.epilogue(want.to(torch.int32), 0.05, ws, bias, act, 0.03, 3, dtype)
+        assert y.dtype == dtype
+        assert torch.equal(y, y_ref), f"act={act} {dtype}: max diff {(y.double() - y_ref.double()).abs().max()}"
+
+
+def test_int8_conv_matches_float_conv_of_dequantized_tensors():
+    """The float output is the float conv of the dequantized input and weight (within fp32 rounding)."""
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randint(0, 256, (2, 16, 12, 12), dtype=torch.uint8, generator=gen).contiguous(memory_format=CL)
+    wq = torch.randint(-127, 128, (32, 16, 3, 3), dtype=torch.int8, generator=gen)
+    ws, bias = torch.rand(32, generator=gen) * 0.01 + 1e-3, torch.randn(32, generator=gen)
+    y = ops.int8_conv2d(x, 0.02, 100, ops.int8_pack_weight(wq), ws, torch.zeros(32, dtype=torch.int32), bias, 32,
+                        (3, 3), (1, 1), (1, 1), (1, 1), 1, 0)
+    xf = (x.double() - 100) * 0.02
+    wf = wq.double() * ws.double().view(-1, 1, 1, 1)
+    want = F.conv2d(xf, wf, bias.double(), 1, 1).float()
+    torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_quantize_u8_matches_reference_half_to_even():
+    x = torch.tensor([0.25, 0.75, 1.25, -0.25, 1e9, -1e9, 12.5, 13.5]).view(1, 8, 1, 1)
+    q = ops.quantize_u8(x, 0.5, 10)
+    assert q.flatten().tolist() == [10, 12, 12, 10, 255, 0, 35, 37]  # 0.5, 1.5, 2.5 -> 0, 2, 2 (half to even)
+    big = torch.randn(3, 40, 9, 9).contiguous(memory_format=CL)
+    for isa in _isas():
+        if isa != "python":
+            ops.set_kernel_isa(isa)
+        qb = ops.quantize_u8(big, 0.017, 128)
+        assert torch.equal(qb, reference.quantize_u8(big, 0.017, 128)) and qb.is_contiguous(memory_format=CL)
+
+
+@pytest.mark.parametrize("isa", _isas())
+@pytest.mark.parametrize("case", [  # n, c, h, w, oc, k, stride, pad, dilation, density
+    (1, 64, 14, 14, 32, 1, 1, 0, 1, 0.1),
+    (2, 16, 9, 11, 24, 3, 1, 1, 1, 0.3),
+    (1, 16, 10, 10, 8, 3, 2, 1, 1, 0.5),
+    (1, 8, 12, 12, 8, 3, 1, 2, 2, 0.3),
+    (1, 12, 7, 7, 5, 1, 2, 0, 1, 0.0),       # an all-zero weight: bias only
+    (1, 4, 5, 67, 3, 3, 1, 0, 1, 1.0),       # dense, width > one vector tile
+])
+def test_sparse_conv_matches_dense(isa, case):
+    if isa != "python":
+        ops.set_kernel_isa(isa)
+    n, c, h, w, oc, k, s, p, d, density = case
+    gen = torch.Generator().manual_seed(3)
+    weight = torch.randn(oc, c, k, k, generator=gen) * (torch.rand(oc, c, k, k, generator=gen) < density)
+    x, bias = torch.randn(n, c, h, w, generator=gen), torch.randn(oc, generator=gen)
+    rp, ci, v = ops.sparse_pack(weight)
+    assert ci.numel() == int((weight != 0).sum())
+    for act in (0, 1, 2):
+        y = ops.sparse_conv2d(x, rp, ci, v, bias, (k, k), (s, s), (p, p), (d, d), act)
+        want = F.conv2d(x, weight, bias, s, p, d)
+        want = want.clamp_min(0) if act == 1 else (want.clamp(0, 6) if act == 2 else want)
+        torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_opcheck_all_ops():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 8, 6, 6, generator=gen).contiguous(memory_format=CL)
+    torch.library.opcheck(torch.ops.edgecompress.quantize_u8, (x, 0.05, 128))
+    w = torch.randint(-127, 128, (16, 8, 3, 3), dtype=torch.int8, generator=gen)
+    torch.library.opcheck(torch.ops.edgecompress.int8_pack_weight, (w, 1))
+    q = ops.quantize_u8(x, 0.05, 128)
+    pk = ops.int8_pack_weight(w)
+    for out_dtype, act, bias in [(torch.uint8, 1, torch.randn(16)), (torch.float32, 2, None), (torch.int32, 0, None)]:
+        torch.library.opcheck(torch.ops.edgecompress.int8_conv2d,
+                              (q, 0.05, 128, pk, torch.full((16,), 0.01), torch.zeros(16, dtype=torch.int32), bias,
+                               16, [3, 3], [2, 2], [1, 1], [1, 1], 1, act, 0.1, 3, out_dtype))
+    wf = torch.randn(16, 8, 3, 3, generator=gen) * (torch.rand(16, 8, 3, 3, generator=gen) > 0.7)
+    rp, ci, v = ops.sparse_pack(wf)
+    torch.library.opcheck(torch.ops.edgecompress.sparse_conv2d,
+                          (torch.randn(2, 8, 9, 9), rp, ci, v, torch.randn(16), [3, 3], [1, 1], [1, 1], [1, 1], 1))
+
+
+def _conv_args(**over):
+    x = torch.randint(0, 256, (1, 8, 6, 6), dtype=torch.uint8).contiguous(memory_format=CL)
+    w = torch.randint(-127, 128, (16, 8, 3, 3), dtype=torch.int8)
+    a = dict(x=x, x_scale=0.05, x_zero_point=3, w_packed=ops.int8_pack_weight(w), w_scale=torch.full((16,), 0.01),
+             w_zero_point=torch.zeros(16, dtype=torch.int32), bias=None, out_channels=16, kernel_size=[3, 3],
+             stride=[1, 1], padding=[1, 1], dilation=[1, 1], groups=1, activation=0, out_scale=0.1,
+             out_zero_point=0, out_dtype=torch.float32)
+    a.update(over)
+    return list(a.values())
+
+
+@pytest.mark.parametrize("over, message", [
+    (dict(x=torch.zeros(1, 8, 6, 6, dtype=torch.float32).contiguous(memory_format=CL)), "x must be uint8"),
+    (dict(x=torch.zeros(1, 8, 6, 6, dtype=torch.uint8)), "channels_last"),
+    (dict(x=torch.zeros(1, 4, 6, 6, dtype=torch.uint8).contiguous(memory_format=CL)), "x has 4 channels"),
+    (dict(w_scale=torch.full((15,), 0.01)), "w_scale must be float32 with one scale per output channel"),
+    (dict(w_scale=torch.zeros(16)), "w_scale[0] = 0"),
+    (dict(w_scale=torch.full((16,), -0.1)), "w_scale[0] = -0.1"),
+    (dict(w_zero_point=torch.zeros(16, dtype=torch.int64)), "w_zero_point must be int32"),
+    (dict(w_zero_point=torch.full((16,), 200, dtype=torch.int32)), "outside int8"),
+    (dict(x_scale=0.0), "x_scale: expected a finite scale > 0"),
+    (dict(x_scale=float("nan")), "x_scale: expected a finite scale > 0"),
+    (dict(x_zero_point=300), "x_zero_point must be in [0, 255]"),
+    (dict(out_dtype=torch.uint8, out_scale=-1.0), "out_scale"),
+    (dict(out_dtype=torch.float16), "out_dtype must be"),
+    (dict(out_dtype=torch.int32, bias=torch.zeros(16)), "raw accumulators"),
+    (dict(out_channels=32), "do not match w_packed"),
+    (dict(w_packed=torch.zeros(100, dtype=torch.int8)), "not produced by int8_pack_weight"),
+    (dict(bias=torch.zeros(16, dtype=torch.float64)), "bias must be a float32"),
+    (dict(activation=3), "activation must be"),
+    (dict(stride=[0, 1]), "stride"),
+    (dict(x=torch.zeros(1, 8, 1, 1, dtype=torch.uint8).contiguous(memory_format=CL), padding=[0, 0]), "smaller than"),
+])
+def test_int8_conv_bad_input_names_the_argument(over, message):
+    if not ops.compiled():
+        pytest.skip("argument checks are the C++ TORCH_CHECKs")
+    with pytest.raises(RuntimeError) as ei:
+        torch.ops.edgecompress.int8_conv2d(*_conv_args(**over))
+    assert message in str(ei.value), str(ei.value)
+
+
+def test_sparse_and_pack_bad_input():
+    if not ops.compiled():
+        pytest.skip("argument checks are the C++ TORCH_CHECKs")
+    E = torch.ops.edgecompress
+    with pytest.raises(RuntimeError, match="weight must be torch.int8"):
+        E.int8_pack_weight(torch.zeros(4, 4, 3, 3), 1)
+    with pytest.raises(RuntimeError, match="divisible by groups"):
+        E.int8_pack_weight(torch.zeros(6, 4, 3, 3, dtype=torch.int8), 4)
+    rp, ci, v = ops.sparse_pack(torch.randn(4, 2, 3, 3))
+    x = torch.randn(1, 2, 5, 5)
+    with pytest.raises(RuntimeError, match="col_idx"):
+        E.sparse_conv2d(torch.randn(1, 1, 5, 5), rp, ci, v, None, [3, 3], [1, 1], [0, 0], [1, 1], 0)
+    with pytest.raises(RuntimeError, match="values must be 1-D float32"):
+        E.sparse_conv2d(x, rp, ci, v[:-1], None, [3, 3], [1, 1], [0, 0], [1, 1], 0)
+    with pytest.raises(RuntimeError, match="x must be float32"):
+        E.sparse_conv2d(x.double(), rp, ci, v, None, [3, 3], [1, 1], [0, 0], [1, 1], 0)
+    with pytest.raises(RuntimeError, match="set_kernel_isa: isa='sse'"):
+        E.set_kernel_isa("sse")
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    e = dict(os.environ, **env)
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, env=e,
+                          timeout=600)
+
+
+def test_cpu_without_avx2_uses_reference_and_refuses_avx2():
+    """EDGECOMPRESS_HIDE_CPU_FEATURES makes the dispatcher see a CPU without AVX2/VNNI (the default path
+    becomes the portable one; asking for AVX2 is a clear error, not an illegal instruction)."""
+    if not ops.compiled():
+        pytest.skip("needs the compiled library")
+    r = _run("""
+        import torch
+        from edgecompress.kernels import ops
+        print(ops.load())
+        try:
+            ops.set_kernel_isa("avx2")
+        except RuntimeError as e:
+            print("ERR", str(e).splitlines()[0])
+    """, EDGECOMPRESS_HIDE_CPU_FEATURES="avx2,avx512_vnni")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0] == "ref"
+    assert lines[1].startswith("ERR set_kernel_isa: this CPU does not support 'avx2'")
+
+
+def test_disabled_kernels_fall_back_to_reference_exactly():
+    r = _run("""
+        import warnings, torch
+        from edgecompress.kernels import ops, reference
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            print(ops.load())
+        print(len([x for x in w if "kernels unavailable" in str(x.message)]))
+        g = torch.Generator().manual_seed(0)
+        x = torch.randint(0, 256, (1, 8, 6, 6), dtype=torch.uint8, generator=g).contiguous(memory_format=torch.channels_last)
+        wq = torch.randint(-127, 128, (16, 8, 3, 3), dtype=torch.int8, generator=g)
+        y = ops.int8_conv2d(x, 0.05, 3, ops.int8_pack_weight(wq), torch.full((16,), 0.01),
+                            torch.zeros(16, dtype=torch.int32), None, 16, (3, 3), (1, 1), (1, 1), out_dtype=torch.int32)
+        print(int(y.sum()))
+    """, EDGECOMPRESS_DISABLE_KERNELS="1")
+    assert r.returncode == 0, r.stderr
+    backend, n_warn, total = r.stdout.strip().splitlines()
+    assert backend == "python" and n_warn == "0"  # chosen explicitly: silent
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (1, 8, 6, 6), dtype=torch.uint8, generator=g)
+    wq = torch.randint(-127, 128, (16, 8, 3, 3), dtype=torch.int8, generator=g)
+    assert int(total) == int(int64_conv(x, 3, wq, torch.zeros(16, dtype=torch.int32), (1, 1), (1, 1), (1, 1), 1).sum())
+
+
+def test_build_failure_warns_once_and_falls_back(tmp_path):
+    r = _run("""
+        import warnings, torch
+        from edgecompress.kernels import ops
+        with warnings.catch_warnings(record=True) as w:
+            warnings.simplefilter("always")
+            print(ops.load()); print(ops.load())
+            x = torch.randn(1, 4, 3, 3)
+            print(int(ops.quantize_u8(x, 0.1, 128).numel()))
+        print(sum("kernels unavailable" in str(x.message) for x in w))
+    """, EDGECOMPRESS_CACHE=str(tmp_path / "cache"), CXX="/nonexistent/g++")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["python", "python", "36", "1"]
