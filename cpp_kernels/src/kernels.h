@@ -35,10 +35,13 @@ enum OutKind : int { kOutI32 = 0, kOutF32 = 1, kOutU8 = 2 };
 //   acc += corr[n] - wzp[n] * rowsum[m]                      (affine zero-point terms, exact int32)
 //   i32: store acc
 //   f32: v = float(acc) * mult[n] + bias[n]; activation; store
-//   u8 : as f32, then q = clamp(nearbyint(v / out_scale) + out_zp, 0, 255)
+//   u8 : as f32, then q = clamp(nearbyint(v * out_inv_scale) + out_zp, 0, 255), out_inv_scale = 1 / out_scale
+//        in float32 (a multiply, as onnxruntime requantizes: a division per output costs more than the MACs
+//        of a narrow layer)
 struct GemmArgs {
-  const uint8_t* a;        // row m at a + m * lda
+  const uint8_t* a;        // row m's reduction step kb reads the 4 bytes at a + m * lda + koff[kb]
   int64_t lda;
+  const int64_t* koff;     // [kp / 4]: 4*kb for a patch matrix; tap offset + channel for implicit GEMM
   const int8_t* b;         // packed weights of this group
   int64_t kp;              // padded reduction length (multiple of 4)
   int64_t n;               // real output channels of this group
@@ -49,7 +52,7 @@ struct GemmArgs {
   const float* bias;       // [n]
   int act;
   int out_kind;
-  float out_scale;
+  float out_inv_scale;
   int32_t out_zp;
   void* out;               // element (m, n) at out + m * ldc + n (elements of the output type)
   int64_t ldc;
@@ -69,7 +72,7 @@ struct DwArgs {
   const float* bias;
   int act;
   int out_kind;
-  float out_scale;
+  float out_inv_scale;
   int32_t out_zp;
   void* out;  // NHWC, channel stride 1, pixel stride c
 };

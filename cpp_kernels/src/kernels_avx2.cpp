@@ -43,7 +43,7 @@ inline void epilogue8(const Args& g, __m256i acc, __m256i xsum, int64_t nn, int6
     _mm256_maskstore_ps(static_cast<float*>(g.out) + out_idx, m, v);
     return;
   }
-  __m256 q = _mm256_div_ps(v, _mm256_set1_ps(g.out_scale));
+  __m256 q = _mm256_mul_ps(v, _mm256_set1_ps(g.out_inv_scale));
   q = _mm256_min_ps(_mm256_max_ps(q, _mm256_set1_ps(-1e6f)), _mm256_set1_ps(1e6f));
   __m256i qi = _mm256_add_epi32(_mm256_cvtps_epi32(q), _mm256_set1_epi32(g.out_zp));
   qi = _mm256_min_epi32(_mm256_max_epi32(qi, _mm256_setzero_si256()), _mm256_set1_epi32(255));
@@ -61,12 +61,13 @@ inline void gemm_tile(const GemmArgs& g, int64_t m, int64_t n) {
   const int8_t* b = g.b + (n / 16) * g.kp * 16;
   const uint8_t* a = g.a + m * g.lda;
   for (int64_t kb = 0; kb < g.kp / 4; ++kb) {
+    const uint8_t* ak = a + g.koff[kb];
     const __m128i* bp = reinterpret_cast<const __m128i*>(b + kb * 64);
     const __m256i b0 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp)), b1 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp + 1));
     const __m256i b2 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp + 2)), b3 = _mm256_cvtepi8_epi16(_mm_loadu_si128(bp + 3));
     for (int r = 0; r < MR; ++r) {
       int32_t av;
-      std::memcpy(&av, a + r * g.lda + kb * 4, 4);
+      std::memcpy(&av, ak + r * g.lda, 4);
       const __m256i a16 = _mm256_cvtepu8_epi16(_mm_set1_epi32(av));
       acc0[r] = dot8(acc0[r], a16, a16, b0, b1);
       acc1[r] = dot8(acc1[r], a16, a16, b2, b3);

@@ -29,84 +29,105 @@ inline int32_t load4(const uint8_t* p) {
   return v;
 }
 
-// acc holds exact int32 sums for 16 output channels [nn, nn + 16) (mask: the real ones); xsum is the
-// per-row (GEMM) or per-channel (depthwise) input sum, only used when weight zero points exist.
+// Per-channel epilogue constants of 16 output channels [nn, nn + 16), loaded once per panel vector.
+struct Epi16 {
+  __m512i corr, wzp;
+  __m512 mult, bias;
+  __mmask16 mask;
+};
+
 template <class Args>
-inline void epilogue16(const Args& g, __m512i acc, __m512i xsum, int64_t nn, __mmask16 mask, int64_t out_idx) {
-  acc = _mm512_add_epi32(acc, _mm512_maskz_loadu_epi32(mask, g.corr + nn));
-  if (g.wzp) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(_mm512_maskz_loadu_epi32(mask, g.wzp + nn), xsum));
+inline Epi16 epi_load(const Args& g, int64_t nn, __mmask16 mask) {
+  Epi16 e;
+  e.mask = mask;
+  e.corr = _mm512_maskz_loadu_epi32(mask, g.corr + nn);
+  e.wzp = g.wzp ? _mm512_maskz_loadu_epi32(mask, g.wzp + nn) : _mm512_setzero_si512();
+  e.mult = _mm512_maskz_loadu_ps(mask, g.mult + nn);
+  e.bias = _mm512_maskz_loadu_ps(mask, g.bias + nn);
+  return e;
+}
+
+// acc holds exact int32 sums for the 16 channels of e; xsum is the per-row (GEMM) or per-channel
+// (depthwise) input sum, only used when weight zero points exist.
+template <class Args>
+inline void epilogue16(const Args& g, const Epi16& e, __m512i acc, __m512i xsum, int64_t out_idx) {
+  acc = _mm512_add_epi32(acc, e.corr);
+  if (g.wzp) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(e.wzp, xsum));
   if (g.out_kind == kOutI32) {
-    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + out_idx, mask, acc);
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + out_idx, e.mask, acc);
     return;
   }
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), _mm512_maskz_loadu_ps(mask, g.mult + nn));
-  v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, g.bias + nn));
+  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult);
+  v = _mm512_add_ps(v, e.bias);
   if (g.act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
   if (g.act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
   if (g.out_kind == kOutF32) {
-    _mm512_mask_storeu_ps(static_cast<float*>(g.out) + out_idx, mask, v);
+    _mm512_mask_storeu_ps(static_cast<float*>(g.out) + out_idx, e.mask, v);
     return;
   }
-  __m512 q = _mm512_div_ps(v, _mm512_set1_ps(g.out_scale));
+  __m512 q = _mm512_mul_ps(v, _mm512_set1_ps(g.out_inv_scale));
   q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-1e6f)), _mm512_set1_ps(1e6f));
   __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(g.out_zp));  // nearest-even
   qi = _mm512_min_epi32(_mm512_max_epi32(qi, _mm512_setzero_si512()), _mm512_set1_epi32(255));
-  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.out) + out_idx, mask, qi);
+  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.out) + out_idx, e.mask, qi);
 }
 
 // MR rows x NV*16 channels; acc in 4*6 = 24 zmm at most.
 template <int MR, int NV>
 inline void gemm_tile(const GemmArgs& g, int64_t m, int64_t n) {
   __m512i acc[MR][NV];
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r)
+  _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r)
     _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[r][v] = _mm512_setzero_si512();
   const int8_t* b = g.b + (n / 16) * g.kp * 16;
   const int64_t bstride = g.kp * 16;
   const uint8_t* a = g.a + m * g.lda;
   const int64_t kb_n = g.kp / 4;
+  const int64_t* koff = g.koff;
   for (int64_t kb = 0; kb < kb_n; ++kb) {
     __m512i bv[NV];
     _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) bv[v] = _mm512_loadu_si512(b + v * bstride + kb * 64);
-    _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
-      const __m512i av = _mm512_set1_epi32(load4(a + r * g.lda + kb * 4));
+    const uint8_t* ak = a + koff[kb];
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r) {
+      const __m512i av = _mm512_set1_epi32(load4(ak + r * g.lda));
       _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[r][v] = dpbusd(acc[r][v], av, bv[v]);
     }
   }
-  _Pragma("GCC unroll 8") for (int r = 0; r < MR; ++r) {
-    const __m512i xs = g.wzp ? _mm512_set1_epi32(g.rowsum[m + r]) : _mm512_setzero_si512();
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-      const int64_t nn = n + v * 16;
-      epilogue16(g, acc[r][v], xs, nn, mask_for(g.n - nn), (m + r) * g.ldc + nn);
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
+    const int64_t nn = n + v * 16;
+    const Epi16 e = epi_load(g, nn, mask_for(g.n - nn));
+    _Pragma("GCC unroll 16") for (int r = 0; r < MR; ++r) {
+      const __m512i xs = g.wzp ? _mm512_set1_epi32(g.rowsum[m + r]) : _mm512_setzero_si512();
+      epilogue16(g, e, acc[r][v], xs, (m + r) * g.ldc + nn);
     }
   }
 }
 
-template <int MR>
-inline void gemm_rows(const GemmArgs& g, int64_t m, int64_t n, int nv) {
-  switch (nv) {
-    case 1: gemm_tile<MR, 1>(g, m, n); break;
-    case 2: gemm_tile<MR, 2>(g, m, n); break;
-    case 3: gemm_tile<MR, 3>(g, m, n); break;
-    default: gemm_tile<MR, 4>(g, m, n); break;
+// Rows per micro-tile for a panel of NV vectors: the accumulators (MR*NV) + NV weight vectors + one
+// broadcast stay within the 32 zmm registers; narrow panels take more rows to amortise the weight loads.
+template <int NV>
+inline void gemm_panel(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n) {
+  constexpr int MR = NV == 1 ? 12 : (NV == 2 ? 8 : 6);
+  int64_t m = m0;
+  for (; m + MR <= m1; m += MR) gemm_tile<MR, NV>(g, m, n);
+  switch (m1 - m) {
+#define EC_TAIL(R) \
+  case R: if constexpr (R < MR) gemm_tile<R, NV>(g, m, n); break;
+    EC_TAIL(11) EC_TAIL(10) EC_TAIL(9) EC_TAIL(8) EC_TAIL(7) EC_TAIL(6)
+    EC_TAIL(5) EC_TAIL(4) EC_TAIL(3) EC_TAIL(2) EC_TAIL(1)
+#undef EC_TAIL
+    default: break;
   }
 }
-
-constexpr int kMR = 6;
 
 }  // namespace
 
 void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   for (int64_t n = n0; n < n1; n += 64) {
-    const int nv = int((n1 - n + 15) / 16 < 4 ? (n1 - n + 15) / 16 : 4);
-    int64_t m = m0;
-    for (; m + kMR <= m1; m += kMR) gemm_rows<kMR>(g, m, n, nv);
-    switch (m1 - m) {
-      case 5: gemm_rows<5>(g, m, n, nv); break;
-      case 4: gemm_rows<4>(g, m, n, nv); break;
-      case 3: gemm_rows<3>(g, m, n, nv); break;
-      case 2: gemm_rows<2>(g, m, n, nv); break;
-      case 1: gemm_rows<1>(g, m, n, nv); break;
-      default: break;
+    switch ((n1 - n + 15) / 16) {
+      case 1: gemm_panel<1>(g, m0, m1, n); break;
+      case 2: gemm_panel<2>(g, m0, m1, n); break;
+      case 3: gemm_panel<3>(g, m0, m1, n); break;
+      default: gemm_panel<4>(g, m0, m1, n); break;
     }
   }
 }
@@ -147,46 +168,30 @@ void dw_avx512vnni(const DwArgs& d, int64_t p0, int64_t p1) {
         acc = dpbusd(acc, xv, _mm512_loadu_si512(d.b + ((c / 16) * kb_n + kb) * 64));
         if (d.wzp) xs = dpbusd(xs, xv, _mm512_set1_epi32(ones));
       }
-      epilogue16(d, acc, xs, c, mask, p * d.c + c);
+      epilogue16(d, epi_load(d, c, mask), acc, xs, p * d.c + c);
     }
   }
 }
 
 namespace {
 
-// One output row n over 64 (NV=4 full vectors) or fewer columns: two interleaved accumulator sets
-// (even / odd nonzeros) give 2*NV independent FMA chains.
+// One output row n over up to 128 columns (NV vectors): one accumulator per vector, so NV independent
+// FMA chains per nonzero (8 at full width: the FMA latency x throughput of two ports).
 template <int NV>
 inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __mmask16 last) {
-  __m512 a0[NV], a1[NV];
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-    a0[v] = _mm512_setzero_ps();
-    a1[v] = _mm512_setzero_ps();
-  }
-  int32_t p = s.row_ptr[n];
-  const int32_t pe = s.row_ptr[n + 1];
-  for (; p + 2 <= pe; p += 2) {
-    const __m512 w0 = _mm512_set1_ps(s.val[p]), w1 = _mm512_set1_ps(s.val[p + 1]);
-    const float* x0 = s.src + s.off[p] + j;
-    const float* x1 = s.src + s.off[p + 1] + j;
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
-      a0[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x0 + 16 * v), a0[v]);
-      a1[v] = _mm512_fmadd_ps(w1, _mm512_maskz_loadu_ps(m, x1 + 16 * v), a1[v]);
-    }
-  }
-  if (p < pe) {
-    const __m512 w0 = _mm512_set1_ps(s.val[p]);
-    const float* x0 = s.src + s.off[p] + j;
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-      const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
-      a0[v] = _mm512_fmadd_ps(w0, _mm512_maskz_loadu_ps(m, x0 + 16 * v), a0[v]);
-    }
-  }
+  __m512 acc[NV];
   const __m512 b = _mm512_set1_ps(s.bias ? s.bias[n] : 0.f);
+  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] = b;
+  const int32_t pe = s.row_ptr[n + 1];
+  for (int32_t p = s.row_ptr[n]; p < pe; ++p) {
+    const __m512 w = _mm512_set1_ps(s.val[p]);
+    const float* x = s.src + s.off[p] + j;
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV - 1; ++v) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 16 * v), acc[v]);
+    acc[NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, x + 16 * (NV - 1)), acc[NV - 1]);
+  }
   float* o = s.out + n * s.ldo + j;
   _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-    __m512 r = _mm512_add_ps(_mm512_add_ps(a0[v], a1[v]), b);
+    __m512 r = acc[v];
     if (s.act != kActNone) r = _mm512_max_ps(r, _mm512_setzero_ps());
     if (s.act == kActRelu6) r = _mm512_min_ps(r, _mm512_set1_ps(6.f));
     _mm512_mask_storeu_ps(o + 16 * v, v == NV - 1 ? last : __mmask16(0xFFFF), r);
@@ -196,8 +201,8 @@ inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __mmask16 last) {
 }  // namespace
 
 void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
-  for (int64_t j = j0; j < j1; j += 64) {
-    const int64_t w = j1 - j < 64 ? j1 - j : 64;
+  for (int64_t j = j0; j < j1; j += 128) {
+    const int64_t w = j1 - j < 128 ? j1 - j : 128;
     const int nv = int((w + 15) / 16);
     const __mmask16 last = mask_for(w - 16 * (nv - 1));
     for (int64_t n = n0; n < n1; ++n) {
@@ -205,7 +210,11 @@ void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t 
         case 1: spmm_row<1>(s, n, j, last); break;
         case 2: spmm_row<2>(s, n, j, last); break;
         case 3: spmm_row<3>(s, n, j, last); break;
-        default: spmm_row<4>(s, n, j, last); break;
+        case 4: spmm_row<4>(s, n, j, last); break;
+        case 5: spmm_row<5>(s, n, j, last); break;
+        case 6: spmm_row<6>(s, n, j, last); break;
+        case 7: spmm_row<7>(s, n, j, last); break;
+        default: spmm_row<8>(s, n, j, last); break;
       }
     }
   }

@@ -11,7 +11,7 @@ namespace ec {
 namespace {
 
 inline void store_out(int out_kind, void* out, int64_t idx, int32_t acc, float mult, float bias, int act,
-                      float out_scale, int32_t out_zp) {
+                      float out_inv_scale, int32_t out_zp) {
   if (out_kind == kOutI32) {
     static_cast<int32_t*>(out)[idx] = acc;
     return;
@@ -23,8 +23,8 @@ inline void store_out(int out_kind, void* out, int64_t idx, int32_t acc, float m
     static_cast<float*>(out)[idx] = v;
     return;
   }
-  float q = std::nearbyint(v / out_scale) + static_cast<float>(out_zp);
-  q = q < 0.f ? 0.f : (q > 255.f ? 255.f : q);
+  float q = std::nearbyint(v * out_inv_scale) + static_cast<float>(out_zp);
+  q = q > 0.f ? (q > 255.f ? 255.f : q) : 0.f;  // NaN -> 0
   static_cast<uint8_t*>(out)[idx] = static_cast<uint8_t>(q);
 }
 
@@ -37,10 +37,10 @@ void gemm_ref(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
       const int8_t* b = g.b + (n / 16) * g.kp * 16 + (n % 16) * 4;
       int32_t acc = 0;
       for (int64_t kb = 0; kb < g.kp / 4; ++kb)
-        for (int j = 0; j < 4; ++j) acc += int32_t(a[kb * 4 + j]) * int32_t(b[kb * 64 + j]);
+        for (int j = 0; j < 4; ++j) acc += int32_t(a[g.koff[kb] + j]) * int32_t(b[kb * 64 + j]);
       acc += g.corr[n];
       if (g.wzp) acc -= g.wzp[n] * g.rowsum[m];
-      store_out(g.out_kind, g.out, m * g.ldc + n, acc, g.mult[n], g.bias[n], g.act, g.out_scale, g.out_zp);
+      store_out(g.out_kind, g.out, m * g.ldc + n, acc, g.mult[n], g.bias[n], g.act, g.out_inv_scale, g.out_zp);
     }
   }
 }
@@ -62,7 +62,7 @@ void dw_ref(const DwArgs& d, int64_t p0, int64_t p1) {
       }
       acc += d.corr[c];
       if (d.wzp) acc -= d.wzp[c] * xsum;
-      store_out(d.out_kind, d.out, p * d.c + c, acc, d.mult[c], d.bias[c], d.act, d.out_scale, d.out_zp);
+      store_out(d.out_kind, d.out, p * d.c + c, acc, d.mult[c], d.bias[c], d.act, d.out_inv_scale, d.out_zp);
     }
   }
 }
@@ -85,7 +85,7 @@ void spmm_ref(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1)
 void quantize_ref(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp) {
   for (int64_t i = i0; i < i1; ++i) {
     float v = std::nearbyint(x[i] / scale) + static_cast<float>(zp);
-    v = v < 0.f ? 0.f : (v > 255.f ? 255.f : v);
+    v = v > 0.f ? (v > 255.f ? 255.f : v) : 0.f;  // NaN -> 0
     q[i] = static_cast<uint8_t>(v);  // NaN: implementation-defined; the caller rejects non-finite scales only
   }
 }

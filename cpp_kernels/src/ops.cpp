@@ -125,7 +125,10 @@ inline void copy_bytes(uint8_t* d, const uint8_t* s, int64_t n) {
   }
 }
 
-int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) { return (in + 2 * p - d * (k - 1) - 1) / s + 1; }
+int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
+  const int64_t span = in + 2 * p - d * (k - 1) - 1;
+  return span < 0 ? 0 : span / s + 1;  // floor division: an input smaller than the kernel has no output
+}
 
 // ---------------------------------------------------------------------------------------------------
 at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
@@ -317,7 +320,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   if (h.depthwise) {
     DwArgs d{xd, N, H, W, C, Ho, Wo, int(KH), int(KW), int(stride[0]), int(stride[1]), int(padding[0]), int(padding[1]),
              int(dilation[0]), int(dilation[1]), uint8_t(zx), wdata, h.kp, corr.data(), any_wzp ? wzp : nullptr,
-             mult.data(), bias_v.data(), int(activation), out_kind, float(out_scale), int32_t(out_zero_point), od};
+             mult.data(), bias_v.data(), int(activation), out_kind, 1.0f / float(out_scale), int32_t(out_zero_point), od};
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
     at::parallel_for(0, M, grain, [&](int64_t p0, int64_t p1) {
       if (isa == kIsaAvx512Vnni) dw_avx512vnni(d, p0, p1);
@@ -328,25 +331,60 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   }
 
   const int64_t icg = h.icg, ocg = h.ocg, kp = h.kp, kg = h.kg;
-  const bool direct = groups == 1 && KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 &&
-                      padding[1] == 0 && C % 4 == 0;
+  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
+  // Three ways to feed the GEMM rows (output pixels):
+  //  pointwise: a 1x1/stride-1 conv reads the NHWC input itself, all pixels one stream;
+  //  implicit : channels per group % 4 == 0 and output lines >= 16 pixels: each output line reads the
+  //             (zero-point padded) input through a table of tap offsets, no patch matrix;
+  //  im2col   : otherwise (a 3-channel stem, 7x7 maps) a patch matrix per task, zero-padded to Kp.
+  const bool pointwise = groups == 1 && KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && C % 4 == 0;
+  const bool implicit = !pointwise && icg % 4 == 0 && Wo >= 16;  // short lines waste micro-tile rows
+  const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
+  std::vector<uint8_t> xpad;
+  const uint8_t* xsrc = xd;
+  if (implicit && (ph || pw)) {
+    xpad.resize(size_t(N * Hp * Wp * C));
+    uint8_t* xp = xpad.data();
+    at::parallel_for(0, N * Hp, 16, [&](int64_t r0, int64_t r1) {
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t img = r / Hp, y = r % Hp - ph;
+        uint8_t* dst = xp + r * Wp * C;
+        if (y < 0 || y >= H) {
+          std::memset(dst, zx, size_t(Wp * C));
+          continue;
+        }
+        std::memset(dst, zx, size_t(pw * C));
+        std::memcpy(dst + pw * C, xd + ((img * H + y) * W) * C, size_t(W * C));
+        std::memset(dst + (pw + W) * C, zx, size_t(pw * C));
+      }
+    });
+    xsrc = xp;
+  }
+  std::vector<int64_t> koff(size_t(kp / 4));
+  for (int64_t kb = 0; kb < kp / 4; ++kb) {
+    if (implicit) {
+      const int64_t t = (kb * 4) / icg, c = (kb * 4) % icg;
+      koff[kb] = ((t / KW) * dh * Wp + (t % KW) * dw) * C + c;
+    } else {
+      koff[kb] = 4 * kb;
+    }
+  }
   const int64_t n_tiles = (ocg + 63) / 64;
-  // Rows per task: ~192 KiB of A (L2-resident while every 64-channel panel of B streams past it), a
-  // multiple of 6 (the VNNI micro-tile). A task owns its rows (im2col into a task buffer, so the
-  // patch matrix is built by the thread that reads it) and a range of panels; when the rows give
-  // too few tasks for the threads, the panels are split too (the few rows are then gathered twice).
+  // Pixels per task: ~192 KiB of A (L2-resident while the 64-channel panels of B stream past it),
+  // with enough tasks for the threads; when the pixels give too few tasks, the panels are split too.
   const int64_t threads = at::get_num_threads();
-  int64_t mb = std::max<int64_t>(6, (196608 / std::max<int64_t>(kp, 1)) / 6 * 6);
-  while (mb > 6 && (M + mb - 1) / mb < 2 * threads) mb = std::max<int64_t>(6, (mb / 2) / 6 * 6);
+  const int64_t line = implicit ? Wo : 1;  // implicit tasks own whole output lines
+  int64_t mb = std::max<int64_t>(12, 196608 / std::max<int64_t>(kp, 1));
+  mb = std::max<int64_t>(line, mb / line * line);
+  while (mb > line && (M + mb - 1) / mb < 2 * threads) mb = std::max<int64_t>(line, (mb / 2) / line * line);
   const int64_t m_tiles = (M + mb - 1) / mb;
   const int64_t n_splits = std::min<int64_t>(n_tiles, std::max<int64_t>(1, (2 * threads + m_tiles - 1) / m_tiles));
   const int64_t panels_per_split = (n_tiles + n_splits - 1) / n_splits;
-  const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
 
   for (int64_t g = 0; g < groups; ++g) {
-    GemmArgs ga{nullptr, 0, wdata + g * (h.np / 16) * kp * 16, kp, ocg, corr.data() + g * ocg,
+    GemmArgs ga{nullptr, 0, koff.data(), wdata + g * (h.np / 16) * kp * 16, kp, ocg, corr.data() + g * ocg,
                 any_wzp ? wzp + g * ocg : nullptr, nullptr, mult.data() + g * ocg,
-                bias_v.data() + g * ocg, int(activation), out_kind, float(out_scale), int32_t(out_zero_point),
+                bias_v.data() + g * ocg, int(activation), out_kind, 1.0f / float(out_scale), int32_t(out_zero_point),
                 od + g * ocg * esize, OC};
     at::parallel_for(0, m_tiles * n_splits, 1, [&](int64_t t0, int64_t t1) {
       std::vector<uint8_t> col;
@@ -356,17 +394,36 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
         const int64_t n0 = (t % n_splits) * panels_per_split * 64;
         const int64_t n1 = std::min(ocg, n0 + panels_per_split * 64);
         if (n0 >= n1) continue;
+        auto run = [&](GemmArgs& ta, int64_t count) {
+          if (isa == kIsaAvx512Vnni) gemm_avx512vnni(ta, 0, count, n0, n1);
+          else if (isa == kIsaAvx2) gemm_avx2(ta, 0, count, n0, n1);
+          else gemm_ref(ta, 0, count, n0, n1);
+        };
+        auto row_sums = [&](const uint8_t* a, int64_t lda, int64_t count) {
+          rsum.resize(size_t(count));
+          for (int64_t m = 0; m < count; ++m) {
+            int32_t sum = 0;
+            for (int64_t kb = 0; kb < kg / 4 + (kg % 4 ? 1 : 0); ++kb)
+              for (int64_t j = 0; j < 4 && kb * 4 + j < kg; ++j) sum += a[m * lda + koff[kb] + j];
+            rsum[m] = sum;
+          }
+        };
         GemmArgs ta = ga;
-        if (any_wzp) rsum.resize(size_t(rows));
-        if (direct) {
+        if (implicit) {
+          for (int64_t l = m0 / Wo; l < m1 / Wo; ++l) {  // output lines (img, oh)
+            const int64_t img = l / Ho, oh = l % Ho;
+            ta.a = xsrc + ((img * Hp + oh * sh) * Wp) * C + g * icg;
+            ta.lda = sw * C;
+            if (any_wzp) row_sums(ta.a, ta.lda, Wo);
+            ta.rowsum = any_wzp ? rsum.data() : nullptr;
+            ta.out = static_cast<char*>(ga.out) + l * Wo * OC * esize;
+            run(ta, Wo);
+          }
+          continue;
+        }
+        if (pointwise) {
           ta.a = xd + m0 * C;
           ta.lda = C;
-          if (any_wzp)
-            for (int64_t m = 0; m < rows; ++m) {
-              int32_t sum = 0;
-              for (int64_t c = 0; c < C; ++c) sum += ta.a[m * C + c];
-              rsum[m] = sum;
-            }
         } else {
           col.resize(size_t(rows * kp));
           for (int64_t m = 0; m < rows; ++m) {
@@ -382,21 +439,14 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
               }
             }
             std::memset(row + kg, 0, size_t(kp - kg));
-            if (any_wzp) {
-              int32_t sum = 0;
-              for (int64_t k = 0; k < kg; ++k) sum += row[k];
-              rsum[m] = sum;
-            }
           }
           ta.a = col.data();
           ta.lda = kp;
         }
-        // the kernels index A, rowsum and the output from the block's first row
+        if (any_wzp) row_sums(ta.a, ta.lda, rows);
         ta.rowsum = any_wzp ? rsum.data() : nullptr;
         ta.out = static_cast<char*>(ga.out) + m0 * OC * esize;
-        if (isa == kIsaAvx512Vnni) gemm_avx512vnni(ta, 0, rows, n0, n1);
-        else if (isa == kIsaAvx2) gemm_avx2(ta, 0, rows, n0, n1);
-        else gemm_ref(ta, 0, rows, n0, n1);
+        run(ta, rows);
       }
     });
   }
@@ -463,7 +513,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   std::vector<float> src_buf, tmp;
   if (!pointwise) src_buf.resize(size_t(unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J));
   if (!pointwise && unit_stride) tmp.resize(size_t(OC * J));
-  const int64_t jt = isa == kIsaAvx512Vnni ? 64 : 32;
+  const int64_t jt = isa == kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
   int64_t n_chunks = j_tiles >= 4 * threads ? 1 : std::min<int64_t>(OC, (4 * threads + j_tiles - 1) / j_tiles);

@@ -11,7 +11,7 @@ from pathlib import Path
 
 CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 SOURCES = ["ops.cpp", "kernels_ref.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp"]
-HEADERS = ["kernels.h"]
+HEADERS = ["kernels.h", "cuda/launch.h"]
 CUDA_SOURCES = ["cuda/int8_conv.cu", "cuda/sparse_conv.cu", "cuda/ops_cuda.cpp"]
 
 
@@ -41,6 +41,9 @@ def build_key(src: Path, sources: list[str]) -> str:
         h.update(p.read_bytes() if p.is_file() else b"")
     h.update(torch.__version__.encode())
     h.update(" ".join(CFLAGS).encode())
+    if any(name.endswith(".cu") for name in sources):  # a build for one GPU generation is not reused on another
+        h.update(os.environ.get("TORCH_CUDA_ARCH_LIST", "").encode())
+        h.update(repr(sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})).encode())
     return h.hexdigest()[:16]
 
 
@@ -55,15 +58,25 @@ def want_cuda() -> bool:
 
 
 def build_and_load(verbose: bool = False) -> str:
-    """Compile (or reuse the cached build) and load the library; returns the .so path. Raises on
-    any failure (the caller turns that into the fallback warning)."""
+    """Compile (or reuse the cached build) and load the library; returns the .so path. With a GPU the
+    CUDA kernels are built too; if that build fails, the CPU kernels are built alone (one warning).
+    Raises on any other failure (the caller turns that into the fallback warning)."""
+    if want_cuda():
+        try:
+            return _build(True, verbose)
+        except Exception as e:  # noqa: BLE001
+            warnings.warn(f"edgecompress CUDA kernels failed to build ({type(e).__name__}); building the CPU kernels only",
+                          RuntimeWarning, stacklevel=3)
+    return _build(False, verbose)
+
+
+def _build(cuda: bool, verbose: bool) -> str:
     import torch
     from torch.utils import cpp_extension
 
     src = source_dir()
     if src is None:
         raise FileNotFoundError("the C++ sources (cpp_kernels/src) are not shipped with this installation")
-    cuda = want_cuda()
     sources = SOURCES + (CUDA_SOURCES if cuda else [])
     key = build_key(src, sources)
     name = f"edgecompress_kernels_{key}"

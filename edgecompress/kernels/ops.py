@@ -101,7 +101,8 @@ def _register_fakes() -> None:
     @torch.library.register_fake("edgecompress::int8_pack_weight", lib=_fake_lib())
     def _(weight, groups):
         oc, icg, kh, kw = weight.shape
-        return weight.new_empty((reference.pack_plan(oc, icg, kh, kw, groups)["total"],), dtype=torch.int8)
+        plan = reference.pack_plan_cuda if weight.device.type == "cuda" else reference.pack_plan
+        return weight.new_empty((plan(oc, icg, kh, kw, groups)["total"],), dtype=torch.int8)
 
     @torch.library.register_fake("edgecompress::int8_conv2d", lib=_fake_lib())
     def _(x, x_scale, x_zero_point, w_packed, w_scale, w_zero_point, bias, out_channels, kernel_size, stride,

@@ -33,6 +33,16 @@ def pack_plan(oc: int, icg: int, kh: int, kw: int, groups: int) -> dict:
             "total": cs_off + 4 * oc}
 
 
+def pack_plan_cuda(oc: int, icg: int, kh: int, kw: int, groups: int) -> dict:
+    """Blob size of the CUDA packing (cpp_kernels/src/cuda/launch.h): 64x32 dp4a tiles, or rows for
+    depthwise / narrow groups."""
+    depthwise = groups > 1 and icg == 1 and oc == groups
+    ocg, kg = oc // groups, icg * kh * kw
+    wbytes = groups * _round_up(ocg, 64) * _round_up(kg, 32) if (not depthwise and ocg >= 16) else oc * _round_up(kg, 4)
+    cs_off = 64 + _round_up(wbytes, 64)
+    return {"total": cs_off + 4 * oc}
+
+
 def pack_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
     oc, icg, kh, kw = weight.shape
     p = pack_plan(oc, icg, kh, kw, groups)
@@ -105,7 +115,8 @@ def epilogue(acc: torch.Tensor, x_scale: float, w_scale: torch.Tensor, bias, act
         v = v.clamp(0.0, 6.0)
     if out_dtype == torch.float32:
         return v
-    q = torch.round(v / torch.full_like(v, float(torch.tensor(out_scale, dtype=torch.float32)))) + out_zero_point
+    inv = torch.tensor(1.0, dtype=torch.float32) / torch.tensor(out_scale, dtype=torch.float32)  # float32 1/s
+    q = torch.round(v * inv) + out_zero_point  # requantize: multiply by the reciprocal, as the kernels do
     return q.clamp(0, 255).to(torch.uint8)
 
 
