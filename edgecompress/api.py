@@ -54,6 +54,7 @@ class CompressResult:
     report: dict[str, Any]
     config: dict[str, Any]
     quantized_model: nn.Module | None = None
+    kernel_model: nn.Module | None = None  # target "torch": the int8/sparse model on edgecompress's kernels
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Copy the artifacts and write report.json/.md/.html and config.json into ``directory``."""
@@ -322,6 +323,9 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
             qrep["agreement_with_original"] = agreement(q_logits, base_logits)
             variants["compressed, int8 simulated"] = q_logits
         report["int8_simulated"] = qrep
+    kmodel = None
+    if qmodel is not None and tgt.name == "torch":
+        kmodel, report["int8_kernels"] = _kernel_model(qmodel, example_inputs, val_data, variants)
     artifacts = {}
     if val_data is not None:
         report["similarity"], artifacts["similarity_landscape"] = _similarity(
@@ -334,8 +338,9 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
         artifacts["prune_plan"] = stage / "prune_plan.json"
     for name in tgt.exporters:
         exp = get_exporter(name, export_cfg)
-        paths = exp.export(student, example_inputs, stage)
-        res = exp.validate(student, paths, held_out, batch_size=min(64, max(3, len(held_out))))
+        exported = kmodel if (kmodel is not None and name == "torch") else student
+        paths = exp.export(exported, example_inputs, stage)
+        res = exp.validate(exported, paths, held_out, batch_size=min(64, max(3, len(held_out))))
         artifacts.update(paths)
         verification[name] = {**res.to_dict(), "runtime": exp.runtime, "files": [p.name for p in paths.values()],
                               "bytes": file_bytes(paths.values())}
@@ -343,14 +348,30 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
     report["artifacts"] = verification
 
     if bench_cfg:
-        report["latency"] = _latency(base, student, exporters, example_inputs, bench_cfg)
+        report["latency"] = _latency(base, student, exporters, example_inputs, bench_cfg, kmodel)
     config = {"target": tgt.name, "prune": prune_cfg and prune_cfg.to_dict(),
               "distill": distill_cfg and distill_cfg.to_dict(), "quantize": quant_cfg and quant_cfg.to_dict(),
               "export": export_cfg.to_dict(), "bench": bench_cfg and bench_cfg.to_dict()}
-    return CompressResult(student, artifacts, report, config, qmodel)
+    return CompressResult(student, artifacts, report, config, qmodel, kmodel)
 
 
-def _latency(base, model, exporters, example_inputs, cfg: BenchConfig) -> dict:
+def _kernel_model(qmodel, example_inputs, val_data, variants: dict) -> tuple[nn.Module, dict]:
+    """The quantized model on the C++ int8/sparse kernels, checked against the simulation."""
+    from edgecompress.kernels.convert import convert_to_kernels
+
+    kmodel = convert_to_kernels(qmodel, example_inputs=example_inputs)
+    info = kmodel.edgecompress_kernels
+    rep = {"backend": info["backend"], "fusion": info.get("fusion"),
+           "layers": {k: v["kind"] for k, v in info["layers"].items()}}
+    if val_data is not None and "compressed, int8 simulated" in variants:
+        k_logits, labels = predict(kmodel, val_data)
+        sim = variants["compressed, int8 simulated"]
+        rep.update(top1=top1(k_logits, labels), agreement_with_simulation=agreement(k_logits, sim),
+                   max_abs_diff_vs_simulation=(k_logits - sim).abs().max().item(), val_images=len(labels))
+    return kmodel, rep
+
+
+def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=None) -> dict:
     """Batch-1 CPU latency of the original model (torch) and of the compressed model in torch and
     in each artifact's runtime, all interleaved in one run."""
     import numpy as np
@@ -363,7 +384,11 @@ def _latency(base, model, exporters, example_inputs, cfg: BenchConfig) -> dict:
     torch.set_num_threads(cfg.threads)
     try:
         runners = {"torch (original)": lambda: base(x), "torch": lambda: model(x)}
+        if kmodel is not None:
+            runners["torch int8 kernels"] = lambda: kmodel(x)
         for name, (exp, paths) in exporters.items():
+            if kmodel is not None and exp.runtime == "torch":
+                continue  # the .pt2 is the kernel model itself (timed above)
             run = type(exp)(dataclasses.replace(exp.cfg, threads=cfg.threads)).load(paths)
             runners[exp.runtime] = (lambda r=run: r(xn))
         with torch.no_grad():

@@ -44,4 +44,5 @@ register_target(Target("ncnn", ("ncnn", "onnx"), "symmetric",
                        "ncnn fp32 param/bin via pnnx, verified in ncnn; int8 simulated symmetric (ncnn's contract)",
                        prune_round_to=8))  # ncnn packs channels by 8 on x86 AVX (elempack 8) and 4 on ARM
 register_target(Target("torch", ("torch",), "affine",
-                       "torch.export program (.pt2), verified by re-loading; int8 simulated affine"))
+                       "torch.export program (.pt2) of the int8 model on edgecompress's C++ kernels (float "
+                       "program without quantization), verified by re-loading"))

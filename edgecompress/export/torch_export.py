@@ -29,7 +29,16 @@ class TorchExporter(Exporter):
         return {"pt2": path}
 
     def load(self, paths: dict[str, Path]) -> Runner:
-        mod = torch.export.load(str(paths["pt2"])).module()
+        try:
+            prog = torch.export.load(str(paths["pt2"]))
+        except Exception as e:  # noqa: BLE001 - a program using edgecompress's kernel ops needs them registered
+            if "edgecompress" not in str(e):
+                raise
+            from edgecompress.kernels import ops
+
+            ops.load()
+            prog = torch.export.load(str(paths["pt2"]))
+        mod = prog.module()
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
