@@ -505,33 +505,46 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   // Wp - Wo extra columns per row are computed and dropped); otherwise an im2col matrix [K][Ho*Wo].
   const int64_t Hp = H + 2 * padding[0], Wp = W + 2 * padding[1];
   const int64_t J = pointwise ? H * W : (unit_stride ? Ho * Wp : Ho * Wo);
-  std::vector<int64_t> off(nnz);
-  for (int64_t p = 0; p < nnz; ++p) {
-    const int64_t c = cip[p] / (KH * KW), t = cip[p] % (KH * KW), kh = t / KW, kw = t % KW;
-    off[p] = pointwise ? c * H * W : (unit_stride ? c * Hp * Wp + kh * dilation[0] * Wp + kw * dilation[1] : cip[p] * J);
+  // source offset of every reduction index k (K divisions), then of every nonzero (a table lookup)
+  std::vector<int64_t> koff(static_cast<size_t>(K));
+  for (int64_t k = 0; k < K; ++k) {
+    const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
+    koff[k] = pointwise ? c * H * W : (unit_stride ? c * Hp * Wp + kh * dilation[0] * Wp + kw * dilation[1] : k * J);
   }
+  std::vector<int64_t> off(static_cast<size_t>(nnz));
+  for (int64_t p = 0; p < nnz; ++p) off[p] = koff[cip[p]];
   std::vector<float> src_buf, tmp;
   if (!pointwise) src_buf.resize(size_t(unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J));
   if (!pointwise && unit_stride) tmp.resize(size_t(OC * J));
   const int64_t jt = isa == kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
-  int64_t n_chunks = j_tiles >= 4 * threads ? 1 : std::min<int64_t>(OC, (4 * threads + j_tiles - 1) / j_tiles);
-  const int64_t n_per = (OC + n_chunks - 1) / n_chunks;
-  n_chunks = (OC + n_per - 1) / n_per;
-  const int64_t j_per_task = j_tiles >= 4 * threads ? jt * ((j_tiles + 4 * threads - 1) / (4 * threads)) : jt;
+  // Tasks: blocks of <= 32 output channels x column ranges. Inside a task the kernel walks column
+  // tiles and, per tile, the block's rows: the input tile and the block's output rows stay in L1
+  // (a long channel loop per tile lets the output stream evict the input tile).
+  const int64_t n_per = std::min<int64_t>(32, OC);
+  const int64_t n_chunks = (OC + n_per - 1) / n_per;
+  const int64_t j_per_task = jt * std::max<int64_t>(1, (j_tiles * n_chunks) / (8 * threads) / std::max<int64_t>(n_chunks, 1));
   const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
   for (int64_t img = 0; img < N; ++img) {
     const float* xi = xc.data_ptr<float>() + img * C * H * W;
     const float* src = xi;
     if (!pointwise && unit_stride) {
       float* s = src_buf.data();
-      std::fill(src_buf.begin(), src_buf.end(), 0.f);
       at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t y = 0; y < H; ++y)
-            std::memcpy(s + c * Hp * Wp + (y + padding[0]) * Wp + padding[1], xi + (c * H + y) * W, size_t(W) * 4);
+        for (int64_t c = c0; c < c1; ++c) {
+          float* plane = s + c * Hp * Wp;
+          std::memset(plane, 0, size_t(padding[0] * Wp) * 4);
+          std::memset(plane + (padding[0] + H) * Wp, 0, size_t(padding[0] * Wp) * 4);
+          for (int64_t y = 0; y < H; ++y) {
+            float* row = plane + (y + padding[0]) * Wp;
+            std::memset(row, 0, size_t(padding[1]) * 4);
+            std::memcpy(row + padding[1], xi + (c * H + y) * W, size_t(W) * 4);
+            std::memset(row + padding[1] + W, 0, size_t(padding[1]) * 4);
+          }
+        }
       });
+      std::memset(s + C * Hp * Wp, 0, (src_buf.size() - size_t(C * Hp * Wp)) * 4);  // over-read tail
       src = s;
     } else if (!pointwise) {
       float* s = src_buf.data();
