@@ -26,7 +26,7 @@ def _loaded():
 
 
 def _best_isa() -> str:
-    for isa in ("avx512_vnni", "avx2", "ref"):
+    for isa in ("amx", "avx512_vnni", "avx2", "ref"):
         try:
             torch.ops.edgecompress.set_kernel_isa(isa)
             return isa
@@ -40,7 +40,7 @@ def _isas() -> list[str]:
         return ["python"]
     have = []
     prev = torch.ops.edgecompress.kernel_isa()
-    for isa in ("ref", "avx2", "avx512_vnni"):
+    for isa in ("ref", "avx2", "avx512_vnni", "amx"):
         try:
             torch.ops.edgecompress.set_kernel_isa(isa)
             have.append(isa)
@@ -79,6 +79,11 @@ CASES = [
     (1, 48, 6, 6, 96, 1, 2, 0, 1, 1),      # 1x1 stride 2 (im2col path)
     (4, 8, 5, 5, 24, 3, 1, 0, 1, 4),       # grouped, no padding
     (1, 7, 13, 5, 9, (3, 1), (2, 1), (1, 0), 1, 1),  # rectangular kernel / stride / padding
+    # Kp % 64 == 0: the AMX tile path where the CPU has it (16-row groups, VNNI row tails, 16-channel tails)
+    (2, 64, 20, 20, 48, 3, 1, 1, 1, 1),    # implicit GEMM, 64 channels per tap, 20-pixel lines
+    (1, 128, 9, 9, 40, 3, 2, 1, 1, 1),     # patch matrix, Kp = 1152
+    (2, 64, 10, 17, 33, 1, 1, 0, 1, 1),    # pointwise, 340 rows, 33 channels
+    (1, 128, 16, 16, 64, 3, 1, 1, 1, 2),   # grouped, 64 channels per group
 ]
 
 
@@ -263,7 +268,7 @@ def test_cpu_without_avx2_uses_reference_and_refuses_avx2():
             ops.set_kernel_isa("avx2")
         except RuntimeError as e:
             print("ERR", str(e).splitlines()[0])
-    """, EDGECOMPRESS_HIDE_CPU_FEATURES="avx2,avx512_vnni")
+    """, EDGECOMPRESS_HIDE_CPU_FEATURES="avx2,avx512_vnni,amx")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.strip().splitlines()
     assert lines[0] == "ref"

@@ -80,6 +80,7 @@ struct DwArgs {
 void gemm_ref(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_avx2(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
+void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void dw_ref(const DwArgs& d, int64_t p0, int64_t p1);
 void dw_avx2(const DwArgs& d, int64_t p0, int64_t p1);
 void dw_avx512vnni(const DwArgs& d, int64_t p0, int64_t p1);

@@ -1,4 +1,4 @@
-// AVX-512 kernels: int8 GEMM / depthwise with VNNI (vpdpbusd: 4 u8 x s8 products summed into each
+// AVX-512 kernels: int8 GEMM with AMX tiles (Sapphire Rapids and later) or VNNI, depthwise with VNNI (vpdpbusd: 4 u8 x s8 products summed into each
 // int32 lane, no intermediate saturation) and the fp32 sparse GEMM. Compiled for AVX-512 via the
 // pragma below; only called after a runtime CPU check (ops.cpp). No torch headers here (see kernels.h).
 #include <immintrin.h>
@@ -7,7 +7,7 @@
 
 #include "kernels.h"
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,bmi2")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,bmi2,amx-tile,amx-int8")
 
 namespace ec {
 namespace {
@@ -130,6 +130,91 @@ void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int6
       default: gemm_panel<4>(g, m0, m1, n); break;
     }
   }
+}
+
+namespace {
+
+// AMX palette 1: tmm0-3 = C (16 rows x 16 int32), tmm4-5 = A (16 rows x 64 u8), tmm6-7 = B (16 groups
+// of 4 reduction steps x 16 channels x 4 bytes: exactly the packed layout, 1 KiB per 64 steps).
+struct alignas(64) TileConfig {
+  uint8_t palette, start_row, reserved[14];
+  uint16_t colsb[16];
+  uint8_t rows[16];
+};
+
+inline void amx_configure() {
+  TileConfig c{};
+  c.palette = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.colsb[t] = 64;
+    c.rows[t] = 16;
+  }
+  _tile_loadconfig(&c);
+}
+
+}  // namespace
+
+// Rows in 32-row blocks (two 16-row A tiles) x 32 channels (two B tiles), K in 64-byte steps; needs
+// kp % 64 == 0 and koff contiguous within each 64-byte step (checked by the dispatcher). Fewer than
+// 16 leftover rows go to the VNNI kernel.
+void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  amx_configure();
+  alignas(64) int32_t cbuf[32 * 32];
+  const int64_t kc_n = g.kp / 64;
+  const int64_t bstride = g.kp * 16;
+  for (int64_t n = n0; n < n1; n += 32) {
+    const bool two = n + 16 < n1;
+    const int8_t* b0 = g.b + (n / 16) * bstride;
+    const int8_t* b1 = b0 + bstride;
+    int64_t m = m0;
+    for (; m + 16 <= m1; m += 32) {
+      const bool pair = m + 32 <= m1;
+      const uint8_t* a0 = g.a + m * g.lda;
+      const uint8_t* a1 = a0 + 16 * g.lda;
+      _tile_zero(0);
+      _tile_zero(1);
+      _tile_zero(2);
+      _tile_zero(3);
+      for (int64_t c = 0; c < kc_n; ++c) {
+        const int64_t ko = g.koff[c * 16];
+        _tile_loadd(4, a0 + ko, g.lda);
+        _tile_loadd(6, b0 + c * 1024, 64);
+        _tile_dpbusd(0, 4, 6);
+        if (two) {
+          _tile_loadd(7, b1 + c * 1024, 64);
+          _tile_dpbusd(1, 4, 7);
+        }
+        if (pair) {
+          _tile_loadd(5, a1 + ko, g.lda);
+          _tile_dpbusd(2, 5, 6);
+          if (two) _tile_dpbusd(3, 5, 7);
+        }
+      }
+      _tile_stored(0, cbuf, 128);
+      if (two) _tile_stored(1, cbuf + 16, 128);
+      if (pair) {
+        _tile_stored(2, cbuf + 16 * 32, 128);
+        if (two) _tile_stored(3, cbuf + 16 * 32 + 16, 128);
+      }
+      const int rows = pair ? 32 : 16;
+      for (int v = 0; v < (two ? 2 : 1); ++v) {
+        const int64_t nn = n + 16 * v;
+        const Epi16 e = epi_load(g, nn, mask_for(g.n - nn));
+        for (int r = 0; r < rows; ++r) {
+          const __m512i acc = _mm512_load_si512(cbuf + r * 32 + 16 * v);
+          const __m512i xs = g.wzp ? _mm512_set1_epi32(g.rowsum[m + r]) : _mm512_setzero_si512();
+          epilogue16(g, e, acc, xs, (m + r) * g.ldc + nn);
+        }
+      }
+      if (!pair) m -= 16;  // advanced by 16 only
+    }
+    if (m < m1) {
+      _tile_release();
+      gemm_avx512vnni(g, m, m1, n, n + 32 < n1 ? n + 32 : n1);
+      amx_configure();
+    }
+  }
+  _tile_release();
 }
 
 void dw_avx512vnni(const DwArgs& d, int64_t p0, int64_t p1) {

@@ -2,7 +2,7 @@
 // name the argument and the fix; the per-ISA kernels (kernels_*.cpp) assume checked inputs.
 //
 // Ops (namespace edgecompress):
-//   kernel_isa() -> str                       the CPU path in use: avx512_vnni | avx2 | ref
+//   kernel_isa() -> str                       the CPU path in use: amx | avx512_vnni | avx2 | ref
 //   set_kernel_isa(str isa) -> str            force a path (tests, benchmarks); returns the previous
 //   quantize_u8(Tensor x, float scale, int zero_point) -> Tensor
 //   int8_pack_weight(Tensor weight, int groups) -> Tensor
@@ -17,6 +17,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <cmath>
 #include <cstdlib>
@@ -29,7 +32,7 @@
 namespace ec {
 namespace {
 
-enum Isa : int { kIsaRef = 0, kIsaAvx2 = 1, kIsaAvx512Vnni = 2 };
+enum Isa : int { kIsaRef = 0, kIsaAvx2 = 1, kIsaAvx512Vnni = 2, kIsaAmx = 3 };
 
 // EDGECOMPRESS_HIDE_CPU_FEATURES=avx2,avx512_vnni hides features from the dispatcher: how the tests
 // check the behaviour on a CPU without them (portable default, clear errors) on a CPU that has them.
@@ -38,11 +41,25 @@ bool hidden(const char* feature) {
   return env && std::strstr(env, feature) != nullptr;
 }
 
+// Linux hands out the AMX tile state only on request (once per process).
+bool amx_permitted() {
+#if defined(__linux__) && defined(__x86_64__)
+  static const bool ok = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
 bool cpu_has(Isa isa) {
   if (isa == kIsaAvx2 && hidden("avx2")) return false;
   if (isa == kIsaAvx512Vnni && (hidden("avx512_vnni") || hidden("avx2"))) return false;
+  if (isa == kIsaAmx && (hidden("amx") || hidden("avx512_vnni") || hidden("avx2"))) return false;
 #if defined(__x86_64__) || defined(__i386__)
   __builtin_cpu_init();
+  if (isa == kIsaAmx)
+    return cpu_has(kIsaAvx512Vnni) && __builtin_cpu_supports("amx-tile") && __builtin_cpu_supports("amx-int8") &&
+           amx_permitted();
   if (isa == kIsaAvx2) return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
   if (isa == kIsaAvx512Vnni)
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
@@ -55,10 +72,11 @@ bool cpu_has(Isa isa) {
 }
 
 const char* isa_name(int isa) {
-  return isa == kIsaAvx512Vnni ? "avx512_vnni" : (isa == kIsaAvx2 ? "avx2" : "ref");
+  return isa == kIsaAmx ? "amx" : (isa >= kIsaAvx512Vnni ? "avx512_vnni" : (isa == kIsaAvx2 ? "avx2" : "ref"));
 }
 
 int parse_isa(const std::string& s) {
+  if (s == "amx") return kIsaAmx;
   if (s == "avx512_vnni") return kIsaAvx512Vnni;
   if (s == "avx2") return kIsaAvx2;
   if (s == "ref") return kIsaRef;
@@ -66,6 +84,7 @@ int parse_isa(const std::string& s) {
 }
 
 int best_isa() {
+  if (cpu_has(kIsaAmx)) return kIsaAmx;
   if (cpu_has(kIsaAvx512Vnni)) return kIsaAvx512Vnni;
   if (cpu_has(kIsaAvx2)) return kIsaAvx2;
   return kIsaRef;
@@ -79,7 +98,7 @@ int current_isa() {
   v = best_isa();
   if (const char* env = std::getenv("EDGECOMPRESS_KERNEL_ISA")) {
     const int want = parse_isa(env);
-    TORCH_CHECK(want >= 0, "EDGECOMPRESS_KERNEL_ISA=", env, ": expected one of avx512_vnni, avx2, ref");
+    TORCH_CHECK(want >= 0, "EDGECOMPRESS_KERNEL_ISA=", env, ": expected one of amx, avx512_vnni, avx2, ref");
     TORCH_CHECK(cpu_has(Isa(want)), "EDGECOMPRESS_KERNEL_ISA=", env,
                 ": this CPU does not support it; unset the variable or use 'ref'");
     v = want;
@@ -92,7 +111,7 @@ std::string kernel_isa() { return isa_name(current_isa()); }
 
 std::string set_kernel_isa(std::string isa) {
   const int want = parse_isa(isa);
-  TORCH_CHECK(want >= 0, "set_kernel_isa: isa='", isa, "'; expected one of avx512_vnni, avx2, ref");
+  TORCH_CHECK(want >= 0, "set_kernel_isa: isa='", isa, "'; expected one of amx, avx512_vnni, avx2, ref");
   TORCH_CHECK(cpu_has(Isa(want)), "set_kernel_isa: this CPU does not support '", isa,
               "' (its best path is '", isa_name(best_isa()), "'); use that or 'ref'");
   const std::string prev = isa_name(current_isa());
@@ -145,7 +164,7 @@ at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
   const int32_t z = static_cast<int32_t>(zero_point);
   const int isa = current_isa();
   at::parallel_for(0, xc.numel(), 16384, [&](int64_t i0, int64_t i1) {
-    if (isa == kIsaAvx512Vnni) quantize_avx512(src, dst, i0, i1, s, z);
+    if (isa >= kIsaAvx512Vnni) quantize_avx512(src, dst, i0, i1, s, z);
     else if (isa == kIsaAvx2) quantize_avx2(src, dst, i0, i1, s, z);
     else quantize_ref(src, dst, i0, i1, s, z);
   });
@@ -323,7 +342,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
              mult.data(), bias_v.data(), int(activation), out_kind, 1.0f / float(out_scale), int32_t(out_zero_point), od};
     const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(C, 1));
     at::parallel_for(0, M, grain, [&](int64_t p0, int64_t p1) {
-      if (isa == kIsaAvx512Vnni) dw_avx512vnni(d, p0, p1);
+      if (isa >= kIsaAvx512Vnni) dw_avx512vnni(d, p0, p1);
       else if (isa == kIsaAvx2) dw_avx2(d, p0, p1);
       else dw_ref(d, p0, p1);
     });
@@ -369,6 +388,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
       koff[kb] = 4 * kb;
     }
   }
+  // AMX tiles read A in 64-byte reduction steps: needs Kp % 64 == 0 and, for the implicit GEMM, whole
+  // 64-channel runs per tap
+  const bool use_amx = isa == kIsaAmx && kp % 64 == 0 && (!implicit || icg % 64 == 0);
   const int64_t n_tiles = (ocg + 63) / 64;
   // Pixels per task: ~192 KiB of A (L2-resident while the 64-channel panels of B stream past it),
   // with enough tasks for the threads; when the pixels give too few tasks, the panels are split too.
@@ -395,7 +417,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
         const int64_t n1 = std::min(ocg, n0 + panels_per_split * 64);
         if (n0 >= n1) continue;
         auto run = [&](GemmArgs& ta, int64_t count) {
-          if (isa == kIsaAvx512Vnni) gemm_avx512vnni(ta, 0, count, n0, n1);
+          if (use_amx) gemm_amx(ta, 0, count, n0, n1);
+          else if (isa >= kIsaAvx512Vnni) gemm_avx512vnni(ta, 0, count, n0, n1);
           else if (isa == kIsaAvx2) gemm_avx2(ta, 0, count, n0, n1);
           else gemm_ref(ta, 0, count, n0, n1);
         };
@@ -516,7 +539,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   std::vector<float> src_buf, tmp;
   if (!pointwise) src_buf.resize(size_t(unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J));
   if (!pointwise && unit_stride) tmp.resize(size_t(OC * J));
-  const int64_t jt = isa == kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
+  const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
   // Tasks: blocks of <= 32 output channels x column ranges. Inside a task the kernel walks column
@@ -569,7 +592,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
       for (int64_t t = t0; t < t1; ++t) {
         const int64_t n0 = (t / j_chunks) * n_per, n1 = std::min(OC, n0 + n_per);
         const int64_t j0 = (t % j_chunks) * j_per_task, j1 = std::min(J, j0 + j_per_task);
-        if (isa == kIsaAvx512Vnni) spmm_avx512(sa, n0, n1, j0, j1);
+        if (isa >= kIsaAvx512Vnni) spmm_avx512(sa, n0, n1, j0, j1);
         else if (isa == kIsaAvx2) spmm_avx2(sa, n0, n1, j0, j1);
         else spmm_ref(sa, n0, n1, j0, j1);
       }
