@@ -452,13 +452,25 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
           for (int64_t m = 0; m < rows; ++m) {
             const int64_t p = m0 + m, img = p / (Ho * Wo), oh = (p / Wo) % Ho, ow = p % Wo;
             uint8_t* row = col.data() + m * kp;
+            const int64_t iw0 = ow * sw - pw;
+            // groups == 1, unit dilation and the whole kernel row inside the image: the KW taps x C
+            // channels of a kernel row are one contiguous run of the NHWC input (21 bytes for a 7x7 RGB stem)
+            const bool run = groups == 1 && dw == 1 && iw0 >= 0 && iw0 + KW <= W;
             for (int64_t i = 0; i < KH; ++i) {
               const int64_t ih = oh * sh - ph + i * dh;
+              uint8_t* d = row + i * KW * icg;
+              if (ih < 0 || ih >= H) {
+                std::memset(d, zx, size_t(KW * icg));
+                continue;
+              }
+              if (run) {
+                std::memcpy(d, xd + ((img * H + ih) * W + iw0) * C, size_t(KW * C));
+                continue;
+              }
               for (int64_t j = 0; j < KW; ++j) {
-                const int64_t iw = ow * sw - pw + j * dw;
-                uint8_t* d = row + (i * KW + j) * icg;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) std::memset(d, zx, size_t(icg));
-                else copy_bytes(d, xd + ((img * H + ih) * W + iw) * C + g * icg, icg);
+                const int64_t iw = iw0 + j * dw;
+                if (iw < 0 || iw >= W) std::memset(d + j * icg, zx, size_t(icg));
+                else copy_bytes(d + j * icg, xd + ((img * H + ih) * W + iw) * C + g * icg, icg);
               }
             }
             std::memset(row + kg, 0, size_t(kp - kg));
