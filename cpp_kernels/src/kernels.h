@@ -56,6 +56,8 @@ struct GemmArgs {
   int32_t out_zp;
   void* out;               // element (m, n) at out + m * ldc + n (elements of the output type)
   int64_t ldc;
+  const int8_t* btail;     // AMX only: when kp % 64 != 0, the last 64-step chunk of every 16-channel
+                           // block, zero-padded to 1 KiB (A rows must then be readable up to round64(kp))
 };
 
 // Depthwise: x NHWC u8, one output pixel range [p0, p1) over N*Ho*Wo.

@@ -155,12 +155,14 @@ inline void amx_configure() {
 }  // namespace
 
 // Rows in 32-row blocks (two 16-row A tiles) x 32 channels (two B tiles), K in 64-byte steps; needs
-// kp % 64 == 0 and koff contiguous within each 64-byte step (checked by the dispatcher). Fewer than
-// 16 leftover rows go to the VNNI kernel.
+// koff contiguous within each 64-byte step and either kp % 64 == 0 or a zero-padded tail chunk
+// (btail, with A rows readable to round64(kp)); checked by the dispatcher. Fewer than 16 leftover
+// rows go to the VNNI kernel.
 void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   amx_configure();
   alignas(64) int32_t cbuf[32 * 32];
-  const int64_t kc_n = g.kp / 64;
+  const int64_t kc_full = g.kp / 64;
+  const int64_t kc_n = kc_full + (g.btail ? 1 : 0);
   const int64_t bstride = g.kp * 16;
   for (int64_t n = n0; n < n1; n += 32) {
     const bool two = n + 16 < n1;
@@ -176,12 +178,13 @@ void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
       _tile_zero(2);
       _tile_zero(3);
       for (int64_t c = 0; c < kc_n; ++c) {
-        const int64_t ko = g.koff[c * 16];
+        const bool tail = c == kc_full;  // the zero-padded last chunk
+        const int64_t ko = tail ? c * 64 : g.koff[c * 16];
         _tile_loadd(4, a0 + ko, g.lda);
-        _tile_loadd(6, b0 + c * 1024, 64);
+        _tile_loadd(6, tail ? g.btail + (n / 16) * 1024 : b0 + c * 1024, 64);
         _tile_dpbusd(0, 4, 6);
         if (two) {
-          _tile_loadd(7, b1 + c * 1024, 64);
+          _tile_loadd(7, tail ? g.btail + (n / 16 + 1) * 1024 : b1 + c * 1024, 64);
           _tile_dpbusd(1, 4, 7);
         }
         if (pair) {

@@ -390,7 +390,18 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   }
   // AMX tiles read A in 64-byte reduction steps: needs Kp % 64 == 0 and, for the implicit GEMM, whole
   // 64-channel runs per tap
-  const bool use_amx = isa == kIsaAmx && kp % 64 == 0 && (!implicit || icg % 64 == 0);
+  // (a patch matrix can have any Kp: its rows are padded to 64 bytes and the last weight chunk is
+  // copied zero-padded into btail)
+  const bool im2col = !pointwise && !implicit;
+  const bool use_amx = isa == kIsaAmx && (im2col || (kp % 64 == 0 && (!implicit || icg % 64 == 0)));
+  const int64_t col_stride = use_amx && im2col ? round_up(kp, 64) : kp;
+  std::vector<int8_t> btail;
+  if (use_amx && kp % 64) {
+    const int64_t blocks = groups * (h.np / 16), full = (kp / 64) * 64;
+    btail.assign(static_cast<size_t>(blocks * 1024), 0);
+    for (int64_t blk = 0; blk < blocks; ++blk)
+      std::memcpy(btail.data() + blk * 1024, wdata + blk * kp * 16 + full * 16, static_cast<size_t>((kp - full) * 16));
+  }
   const int64_t n_tiles = (ocg + 63) / 64;
   // Pixels per task: ~192 KiB of A (L2-resident while the 64-channel panels of B stream past it),
   // with enough tasks for the threads; when the pixels give too few tasks, the panels are split too.
@@ -407,7 +418,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
     GemmArgs ga{nullptr, 0, koff.data(), wdata + g * (h.np / 16) * kp * 16, kp, ocg, corr.data() + g * ocg,
                 any_wzp ? wzp + g * ocg : nullptr, nullptr, mult.data() + g * ocg,
                 bias_v.data() + g * ocg, int(activation), out_kind, 1.0f / float(out_scale), int32_t(out_zero_point),
-                od + g * ocg * esize, OC};
+                od + g * ocg * esize, OC,
+                btail.empty() ? nullptr : btail.data() + g * (h.np / 16) * 1024};
     at::parallel_for(0, m_tiles * n_splits, 1, [&](int64_t t0, int64_t t1) {
       std::vector<uint8_t> col;
       std::vector<int32_t> rsum;
@@ -448,10 +460,10 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
           ta.a = xd + m0 * C;
           ta.lda = C;
         } else {
-          col.resize(size_t(rows * kp));
+          col.resize(size_t(rows * col_stride));
           for (int64_t m = 0; m < rows; ++m) {
             const int64_t p = m0 + m, img = p / (Ho * Wo), oh = (p / Wo) % Ho, ow = p % Wo;
-            uint8_t* row = col.data() + m * kp;
+            uint8_t* row = col.data() + m * col_stride;
             const int64_t iw0 = ow * sw - pw;
             // groups == 1, unit dilation and the whole kernel row inside the image: the KW taps x C
             // channels of a kernel row are one contiguous run of the NHWC input (21 bytes for a 7x7 RGB stem)
@@ -473,10 +485,10 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
                 else copy_bytes(d + j * icg, xd + ((img * H + ih) * W + iw) * C + g * icg, icg);
               }
             }
-            std::memset(row + kg, 0, size_t(kp - kg));
+            std::memset(row + kg, 0, size_t(col_stride - kg));
           }
           ta.a = col.data();
-          ta.lda = kp;
+          ta.lda = col_stride;
         }
         if (any_wzp) row_sums(ta.a, ta.lda, rows);
         ta.rowsum = any_wzp ? rsum.data() : nullptr;
