@@ -312,3 +312,23 @@ def test_build_failure_warns_once_and_falls_back(tmp_path):
     """, EDGECOMPRESS_CACHE=str(tmp_path / "cache"), CXX="/nonexistent/g++")
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["python", "python", "36", "1"]
+
+
+def test_wheel_ships_the_kernel_sources(tmp_path):
+    """A non-editable install compiles from the sources inside the package (edgecompress/kernels/csrc)."""
+    import zipfile
+    from pathlib import Path
+
+    from edgecompress.kernels import _build
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", str(root), "--no-deps", "--no-build-isolation", "-q",
+                        "-w", str(tmp_path / "whl")], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    (whl,) = (tmp_path / "whl").glob("edgecompress-*.whl")
+    zipfile.ZipFile(whl).extractall(tmp_path / "site")
+    shipped = _build.source_dir(tmp_path / "site" / "edgecompress" / "kernels")
+    assert shipped == tmp_path / "site" / "edgecompress" / "kernels" / "csrc" and not shipped.is_symlink()
+    repo = root / "cpp_kernels" / "src"
+    for name in _build.SOURCES + _build.HEADERS + _build.CUDA_SOURCES:
+        assert (shipped / name).read_bytes() == (repo / name).read_bytes(), name

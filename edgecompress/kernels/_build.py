@@ -15,10 +15,10 @@ HEADERS = ["kernels.h", "cuda/launch.h"]
 CUDA_SOURCES = ["cuda/int8_conv.cu", "cuda/sparse_conv.cu", "cuda/ops_cuda.cpp"]
 
 
-def source_dir() -> Path | None:
-    """The C++ sources: a copy shipped inside the package (wheels), else the repository's
-    ``cpp_kernels/src`` (source checkouts and editable installs)."""
-    here = Path(__file__).resolve().parent
+def source_dir(package_dir: Path | None = None) -> Path | None:
+    """The C++ sources: ``csrc`` inside the installed ``edgecompress/kernels`` package (wheels carry a
+    copy; in the repository it is a link to ``cpp_kernels/src``), else the checkout's ``cpp_kernels/src``."""
+    here = Path(package_dir) if package_dir is not None else Path(__file__).resolve().parent
     for d in (here / "csrc", here.parents[1] / "cpp_kernels" / "src"):
         if (d / "ops.cpp").is_file():
             return d
