@@ -359,11 +359,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   const bool pointwise = groups == 1 && KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && C % 4 == 0;
   const bool implicit = !pointwise && icg % 4 == 0 && Wo >= 16;  // short lines waste micro-tile rows
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
-  std::vector<uint8_t> xpad;
+  at::Tensor xpad;  // every byte is written below (no zero-fill)
   const uint8_t* xsrc = xd;
   if (implicit && (ph || pw)) {
-    xpad.resize(size_t(N * Hp * Wp * C));
-    uint8_t* xp = xpad.data();
+    xpad = at::empty({N * Hp * Wp * C}, x.options());
+    uint8_t* xp = xpad.data_ptr<uint8_t>();
     at::parallel_for(0, N * Hp, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / Hp, y = r % Hp - ph;
@@ -560,9 +560,13 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   }
   std::vector<int64_t> off(static_cast<size_t>(nnz));
   for (int64_t p = 0; p < nnz; ++p) off[p] = koff[cip[p]];
-  std::vector<float> src_buf, tmp;
-  if (!pointwise) src_buf.resize(size_t(unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J));
-  if (!pointwise && unit_stride) tmp.resize(size_t(OC * J));
+  // scratch without zero-filling (every element read is written first): torch's allocator, as a
+  // std::vector's value-initialisation would add a full memset per call
+  const int64_t src_len = pointwise ? 0 : (unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J);
+  at::Tensor src_t = at::empty({src_len}, x.options());
+  at::Tensor tmp_t = at::empty({(!pointwise && unit_stride) ? OC * J : 0}, x.options());
+  float* const src_buf = src_t.data_ptr<float>();
+  float* const tmp = tmp_t.data_ptr<float>();
   const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
@@ -577,7 +581,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
     const float* xi = xc.data_ptr<float>() + img * C * H * W;
     const float* src = xi;
     if (!pointwise && unit_stride) {
-      float* s = src_buf.data();
+      float* s = src_buf;
       at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
         for (int64_t c = c0; c < c1; ++c) {
           float* plane = s + c * Hp * Wp;
@@ -591,10 +595,10 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
           }
         }
       });
-      std::memset(s + C * Hp * Wp, 0, (src_buf.size() - size_t(C * Hp * Wp)) * 4);  // over-read tail
+      std::memset(s + C * Hp * Wp, 0, size_t(src_len - C * Hp * Wp) * 4);  // over-read tail
       src = s;
     } else if (!pointwise) {
-      float* s = src_buf.data();
+      float* s = src_buf;
       at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
         for (int64_t k = k0; k < k1; ++k) {
           const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
@@ -609,7 +613,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
       });
       src = s;
     }
-    float* dst = (!pointwise && unit_stride) ? tmp.data() : out.data_ptr<float>() + img * OC * Ho * Wo;
+    float* dst = (!pointwise && unit_stride) ? tmp : out.data_ptr<float>() + img * OC * Ho * Wo;
     SpmmArgs sa{src, rpp, off.data(), vals.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
                 int(activation), dst, J};
     at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
@@ -625,7 +629,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
       float* o = out.data_ptr<float>() + img * OC * Ho * Wo;
       at::parallel_for(0, OC, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n)
-          for (int64_t y = 0; y < Ho; ++y) std::memcpy(o + (n * Ho + y) * Wo, tmp.data() + n * J + y * Wp, size_t(Wo) * 4);
+          for (int64_t y = 0; y < Ho; ++y) std::memcpy(o + (n * Ho + y) * Wo, tmp + n * J + y * Wp, size_t(Wo) * 4);
       });
     }
   }
