@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import importlib.metadata as md
 import platform
 import subprocess
@@ -67,6 +68,39 @@ _BACKENDS = [
 ]
 
 
+def kernels_status() -> str:
+    """The C++ kernels without compiling them: a cached build for these sources, or what a first use
+    will need (compiler, ninja, sources) and the CPU's int8 features."""
+    import os
+    import shutil
+
+    from edgecompress.kernels import _build
+
+    flags = set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    break
+    except OSError:
+        pass
+    cpu = [n for n, f in (("amx", "amx_int8"), ("avx512_vnni", "avx512_vnni"), ("avx2", "avx2")) if f in flags]
+    if _build.disabled():
+        return "disabled (EDGECOMPRESS_DISABLE_KERNELS): PyTorch reference path"
+    src = _build.source_dir()
+    if src is None:
+        return "sources not shipped with this installation: PyTorch reference path"
+    key = _build.build_key(src, _build.SOURCES)
+    built = (_build.cache_dir() / key / f"edgecompress_kernels_{key}.so").is_file()
+    cxx = shutil.which(os.environ.get("CXX", "c++"))
+    ninja = shutil.which("ninja") is not None or importlib.util.find_spec("ninja") is not None
+    state = f"built ({_build.cache_dir() / key})" if built else (
+        "compiles on first use" if cxx and ninja else
+        f"cannot build here ({'no C++ compiler' if not cxx else 'no ninja: pip install ninja'}): PyTorch reference path")
+    return f"{state}; cpu int8 paths: {', '.join(cpu + ['ref'])}"
+
+
 def environment() -> dict:
     from edgecompress import __version__
 
@@ -83,4 +117,8 @@ def environment() -> dict:
             except Exception as e:  # noqa: BLE001 - reported, not raised
                 status = f"installed, not usable: {type(e).__name__}: {e}"
         info["backends"][dist] = {"version": ver, "status": status}
+    try:
+        info["backends"]["edgecompress-kernels"] = {"version": __version__, "status": kernels_status()}
+    except Exception as e:  # noqa: BLE001 - reported, not raised
+        info["backends"]["edgecompress-kernels"] = {"version": __version__, "status": f"not usable: {e}"}
     return info
