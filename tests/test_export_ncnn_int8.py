@@ -11,7 +11,7 @@ import torch.nn as nn
 from edgecompress.errors import ExportError
 from edgecompress.export import ExportConfig, get_exporter
 from edgecompress.export.ncnn import ncnn_net, ncnn_run
-from edgecompress.export.ncnn_int8 import read_param, write_ncnn_int8
+from edgecompress.export.ncnn_int8 import layer_diffs, read_param, write_ncnn_int8
 from edgecompress.models import create_model
 from edgecompress.quantize import QuantConfig, quantize_
 from edgecompress.testing import randomize_bn_, synthetic_loaders
@@ -35,7 +35,7 @@ class Grouped(nn.Module):
         return self.fc(self.g8(self.g2(self.dw(self.stem(x)))).mean((2, 3)))
 
 
-def _int8(model, tmp_path):
+def _int8(model, tmp_path, requantize=True):
     train, val = synthetic_loaders(n_train=256, n_val=64, batch_size=32)
     model = randomize_bn_(model).eval()
     q = copy.deepcopy(model)
@@ -44,41 +44,45 @@ def _int8(model, tmp_path):
     x = torch.cat([b[0] for b in val])
     paths = get_exporter("ncnn", ExportConfig())._export(model, (x[:1],), tmp_path)
     plans = write_ncnn_int8(paths["ncnn_param"], paths["ncnn_bin"], q, tmp_path / "i.param", tmp_path / "i.bin",
-                            tmp_path / "i.table")
+                            tmp_path / "i.table", requantize=requantize)
     out = ncnn_run(ncnn_net(tmp_path / "i.param", tmp_path / "i.bin", 1, "fp32"), x.numpy())
     with torch.no_grad():
         sim, flt = q(x).numpy(), model(x).numpy()
-    return plans, out, sim, flt
+    return plans, out, sim, flt, q, x
 
 
-def test_ncnn_int8_runtime_equals_our_simulation(tmp_path):
-    name = "tiny_resnet"
-    plans, out, sim, flt = _int8(create_model(name), tmp_path)
-    assert all(p.term in (1, 2) for p in plans)  # every conv/linear is int8
-    # integer codes equal except where float rounding puts x·s within ~1e-7 of a .5 boundary; such
-    # a flip moves its logits by about one quantization step of a layer
-    d, scale = np.abs(out - sim), np.abs(sim).max()
-    print(name, "exact fraction", (d <= 1e-5 * scale).mean(), "max diff", d.max() / scale, "agreement",
-          (out.argmax(1) == sim.argmax(1)).mean())
-    assert (d <= 1e-5 * scale).mean() >= 0.9 and d.max() <= 0.01 * scale
-    assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
-    assert np.abs(out - flt).max() > 1e-3  # and it is int8: it differs from float
+@pytest.mark.parametrize("requantize", [False, True])
+def test_ncnn_int8_runtime_is_bit_exact_with_our_simulation(tmp_path, requantize):
+    plans, out, sim, flt, q, x = _int8(create_model("tiny_resnet"), tmp_path, requantize)
+    assert all(p.term % 100 in (1, 2) for p in plans)  # every conv/linear is int8
+    assert any(p.term > 100 for p in plans) == requantize  # conv -> conv edges emit int8 when fused
+    # same integer codes, same accumulators, one float rescale each: equal to the last bit
+    scale = np.abs(sim).max()
+    assert np.abs(out - sim).max() <= 1e-6 * scale
+    assert (out.argmax(1) == sim.argmax(1)).all()
+    assert np.abs(out - flt).max() > 1e-3 * scale  # and it is int8: it differs from float
+    rows = layer_diffs(tmp_path / "i.param", tmp_path / "i.bin", q, plans, x[:4])
+    assert [r["layer"] for r in rows] == [p.layer for p in plans]
+    assert max(r["max_rel_diff"] for r in rows) <= 1e-6
     table = (tmp_path / "i.table").read_text().splitlines()
     assert len(table) == 2 * len(plans) and table[0].startswith(plans[0].layer + "_param_0 ")
 
 
 def test_ncnn_int8_mobilenetv2_depthwise_path(tmp_path):
-    # Measured: top-1 agreement 100% but every logit off by up to ~1.1% of the output scale, where
-    # the residual CNN above is exact. The depthwise/ReLU6 path differs somewhere (not found yet);
-    # this pins what holds today so a regression shows.
-    plans, out, sim, _ = _int8(create_model("mobilenetv2"), tmp_path)
-    assert sum(p.term == 1 for p in plans) == 17 and all(p.term for p in plans)  # 17 depthwise convs
+    # Regular convs are bit-exact (above); ncnn's x86 depthwise int8 kernel rescales differently
+    # (measured: up to ~1/4 of one accumulator step per output, not yet pinned down), so the
+    # depthwise path is held to agreement and a bound, with the first layer still exact.
+    plans, out, sim, _, q, x = _int8(create_model("mobilenetv2"), tmp_path)
+    assert sum(p.term % 100 == 1 for p in plans) == 17 and all(p.term for p in plans)  # 17 depthwise convs
+    assert sum(p.term > 100 for p in plans) >= 17  # expand -> depthwise -> project chains requantize
     assert np.abs(out - sim).max() <= 0.02 * np.abs(sim).max()
     assert (out.argmax(1) == sim.argmax(1)).mean() >= 0.98
+    first = layer_diffs(tmp_path / "i.param", tmp_path / "i.bin", q, plans[:1], x[:2])[0]
+    assert first["max_abs_diff"] == 0.0
 
 
 def test_depthwise_grouped_and_the_packing_workaround(tmp_path):
-    plans, out, sim, _ = _int8(Grouped(), tmp_path)
+    plans, out, sim, _, _, _ = _int8(Grouped(), tmp_path, requantize=False)
     terms = {p.torch_layer: p.term for p in plans}
     assert terms == {"stem.0": 2, "dw.0": 1, "g2.0": 1, "g8.0": 0, "fc": 2}
     layers = {ly.name: ly for ly in read_param(tmp_path / "i.param")}

@@ -30,7 +30,7 @@ def pnnx_executable() -> str:
     return exe
 
 
-def ncnn_net(param: str | Path, bin_: str | Path, threads: int = 1, precision: str = "fp32"):
+def ncnn_net(param: str | Path, bin_: str | Path, threads: int = 1, precision: str = "fp32", **opts):
     """A loaded ncnn.Net (options set before loading, as ncnn requires).
 
     ``precision="fp32"`` turns off ncnn's fp16/bf16 storage and arithmetic. ncnn enables fp16
@@ -45,6 +45,10 @@ def ncnn_net(param: str | Path, bin_: str | Path, threads: int = 1, precision: s
     if precision == "fp32":
         for opt in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed"):
             setattr(net.opt, opt, False)
+    for k, v in opts.items():  # any other ncnn.Option field, e.g. use_winograd_convolution=False
+        if not hasattr(net.opt, k):
+            raise ExportError(f"ncnn.Option has no field {k!r}")
+        setattr(net.opt, k, v)
     if net.load_param(str(param)) != 0 or net.load_model(str(bin_)) != 0:
         raise ExportError(f"ncnn could not load {param} / {bin_}")
     return net

@@ -101,17 +101,13 @@ def read_bin(layers: list[Layer], path: str | Path) -> None:
         raise ExportError(f"{path}: read {off} of {len(buf)} bytes; the param and bin do not belong together")
 
 
-def _round_half_away(x: np.ndarray) -> np.ndarray:
-    return np.sign(x) * np.floor(np.abs(x) + 0.5)
-
-
 @dataclasses.dataclass
 class Int8Plan:
     """What was written for one ncnn layer."""
 
     layer: str
     torch_layer: str | None
-    term: int  # 0: stayed fp32
+    term: int  # 0: stayed fp32; 1/2 int8 (per-group / per-channel weight scales); +100: output requantized
     reason: str = ""
 
 
@@ -131,10 +127,17 @@ def _match(ly: Layer, qlayers: dict, used: set) -> str | None:
 
 
 def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, qmodel: torch.nn.Module,
-                    param_out: str | Path, bin_out: str | Path, table_out: str | Path | None = None) -> list[Int8Plan]:
+                    param_out: str | Path, bin_out: str | Path, table_out: str | Path | None = None,
+                    requantize: bool = True) -> list[Int8Plan]:
     """Rewrite pnnx's fp32 ncnn model to int8 with ``qmodel``'s scales (``quantize_`` under the ncnn
     contract). Returns, per weighted layer, the torch layer it came from and the int8 term written
-    (0 = kept fp32, with the reason)."""
+    (0 = kept fp32, with the reason).
+
+    ``requantize``: a Convolution/ConvolutionDepthWise whose output goes only to int8
+    Convolution/ConvolutionDepthWise layers (directly or through a Split) that share one input
+    scale emits int8 (term + 100, the consumers' input scale as its top scale), as ncnn2int8 does:
+    the int8 tensor is passed on instead of fp32 being written and quantized again."""
+    from edgecompress.quantize.contracts import quantize_codes
     from edgecompress.quantize.ptq import quant_layers
 
     qlayers = quant_layers(qmodel)
@@ -168,6 +171,9 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, qmodel: torch.nn.M
             continue
         plans.append(Int8Plan(ly.name, name, 1 if group > 1 else 2))
     by_layer = {p.layer: p for p in plans}
+    top_scale = _requant_scales(layers, by_layer, qlayers) if requantize else {}
+    for name in top_scale:
+        by_layer[name].term += 100
     for ly in layers:
         if ly.type not in WEIGHTED:
             continue
@@ -178,20 +184,22 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, qmodel: torch.nn.M
                 out += ly.bias.astype("<f4").tobytes()
             continue
         q = qlayers[p.torch_layer]
-        w = q.weight.detach().double().numpy().reshape(ly.p(0), -1)
-        s_w = q.w_scale.detach().double().numpy()
-        if p.term == 1:  # per group: one scale per group (our contract keeps it per group, repeated)
+        # the simulation's own codes (float32 arithmetic: a float64 product rounds differently
+        # at .5 boundaries, and one flipped weight code shows in every output of its channel)
+        shape = (-1,) + (1,) * (q.weight.dim() - 1)
+        codes = quantize_codes(q.weight.detach(), q.w_scale.view(shape), 0, -127, 127, q.contract)
+        codes = codes.numpy().astype(np.int8).reshape(-1)
+        s_w = q.w_scale.detach().float().numpy()
+        if p.term % 100 == 1:  # per group: one scale per group (our contract keeps it per group, repeated)
             s_w = s_w.reshape(ly.p(7), -1)[:, 0]
-            codes = np.clip(_round_half_away(w.reshape(ly.p(7), -1) * s_w[:, None]), -127, 127)
-        else:
-            codes = np.clip(_round_half_away(w * s_w[:, None]), -127, 127)
-        codes = codes.astype(np.int8).reshape(-1)
         out += struct.pack("<I", TAG_INT8) + codes.tobytes() + b"\0" * ((-codes.size) % 4)
         if ly.bias is not None:
             bias = q.bias.detach().float().numpy() if q.bias is not None else ly.bias
             out += bias.astype("<f4").tobytes()
         s_in = float(q.act_scale)
         out += s_w.astype("<f4").tobytes() + struct.pack("<f", s_in)
+        if ly.name in top_scale:
+            out += struct.pack("<f", top_scale[ly.name])
         ly.params["8"] = str(p.term)
         table.append(f"{ly.name}_param_0 " + " ".join(f"{v:f}" for v in s_w))
         table.append(f"{ly.name} {s_in:f}")
@@ -202,6 +210,36 @@ def write_ncnn_int8(param_in: str | Path, bin_in: str | Path, qmodel: torch.nn.M
         files[Path(table_out)] = ("\n".join(table) + "\n").encode()
     _write_all(files)
     return plans
+
+
+def _requant_scales(layers: list[Layer], by_layer: dict[str, Int8Plan], qlayers: dict) -> dict[str, float]:
+    """{producer layer: top scale} for the int8 Conv/DW layers whose every consumer (through Splits)
+    is an int8 Conv/DW with one common input scale (EXPORT_FORMATS.md §2.5 step 8)."""
+    consumers: dict[str, list[Layer]] = {}
+    for ly in layers:
+        for b in ly.bottoms:
+            consumers.setdefault(b, []).append(ly)
+
+    def leaves(blob: str) -> list[Layer]:
+        out = []
+        for c in consumers.get(blob, []):
+            out += [x for t in c.tops for x in leaves(t)] if c.type == "Split" else [c]
+        return out
+
+    def int8_conv(ly: Layer) -> bool:
+        return ly.type in ("Convolution", "ConvolutionDepthWise") and by_layer[ly.name].term != 0
+
+    scales = {}
+    for ly in layers:
+        if not int8_conv(ly) or len(ly.tops) != 1:
+            continue
+        cs = leaves(ly.tops[0])
+        if not cs or not all(int8_conv(c) for c in cs):
+            continue
+        s_in = {float(qlayers[by_layer[c.name].torch_layer].act_scale) for c in cs}
+        if len(s_in) == 1:
+            scales[ly.name] = s_in.pop()
+    return scales
 
 
 def _write_all(files: dict[Path, bytes]) -> None:
@@ -220,3 +258,95 @@ def _write_all(files: dict[Path, bytes]) -> None:
         for tmp in tmps:
             tmp.unlink(missing_ok=True)
         raise
+
+
+def _activation(ly: Layer, y: torch.Tensor) -> torch.Tensor:
+    """The activation ncnn fused into ``ly`` (param 9; 10 = its parameters)."""
+    act = ly.p(9)
+    if act == 0:
+        return y
+    if act == 1:
+        return y.clamp_min(0)
+    if act == 3:
+        raw = ly.params.get("10") or ly.params.get("-23310", "")
+        vals = [float(v) for v in raw.split(",") if v]
+        lo, hi = (vals[1], vals[2]) if "10" not in ly.params else (vals[0], vals[1])
+        return y.clamp(lo, hi)
+    raise ExportError(f"{ly.name}: fused activation {act} is not modelled by the per-layer check")
+
+
+def layer_diffs(param: str | Path, bin_: str | Path, qmodel: torch.nn.Module, plans: list[Int8Plan],
+                x: torch.Tensor, threads: int = 1, **opts) -> list[dict]:
+    """Per weighted layer: the ncnn int8 runtime's output blob against the torch layer's output
+    (with the activation ncnn fused) on images ``x``: max abs diff, the same relative to the
+    layer's output range, and the fraction of elements that differ by more than a millionth of it.
+    Names the first layer where the artifact and the simulation part ways."""
+    from edgecompress.export.ncnn import INPUT_BLOB, ncnn_net
+    from edgecompress.quantize.contracts import quantize_codes
+    from edgecompress.quantize.ptq import quant_layers
+
+    layers = {ly.name: ly for ly in read_param(param)}
+    qlayers = quant_layers(qmodel)
+    outs: dict[str, torch.Tensor] = {}
+    hooks = [qlayers[p.torch_layer].register_forward_hook(
+        lambda m, i, o, n=p.layer: outs.__setitem__(n, o.detach())) for p in plans]
+    try:
+        with torch.no_grad():
+            qmodel.eval()(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    net = ncnn_net(param, bin_, threads, "fp32", **opts)
+    got: dict[str, list[np.ndarray]] = {p.layer: [] for p in plans}
+    top_scale = _top_scales(bin_, layers, plans)
+    import ncnn
+
+    for img in x.numpy():
+        arr = np.ascontiguousarray(img, dtype=np.float32)
+        mat = ncnn.Mat(arr)
+        with net.create_extractor() as ex:
+            ex.input(INPUT_BLOB, mat)
+            for p in plans:
+                ret, m = ex.extract(layers[p.layer].tops[0])
+                if ret != 0:
+                    raise ExportError(f"ncnn could not extract the output of {p.layer} ({ret})")
+                v = np.array(m)
+                got[p.layer].append(v / top_scale[p.layer] if p.layer in top_scale else v)
+    rows = []
+    for p in plans:
+        ref = _activation(layers[p.layer], outs[p.layer])
+        if p.layer in top_scale:  # requantized: compare int8 codes, as the consumer reads them
+            s = top_scale[p.layer]
+            ref = quantize_codes(ref, s, 0, -127, 127, qlayers[p.torch_layer].contract) / s
+        ref = ref.reshape(len(x), -1).numpy()
+        out = np.stack(got[p.layer]).reshape(len(x), -1)
+        d = np.abs(out - ref)
+        rng = max(float(np.abs(ref).max()), 1e-12)
+        rows.append({"layer": p.layer, "torch_layer": p.torch_layer, "term": p.term, "max_abs_diff": float(d.max()),
+                     "max_rel_diff": float(d.max() / rng), "frac_differing": float((d > 1e-6 * rng).mean())})
+    return rows
+
+
+def _top_scales(bin_: str | Path, layers: dict[str, Layer], plans: list[Int8Plan]) -> dict[str, float]:
+    """The requantize (top) scale of every layer written with term > 100: the last float of its
+    .bin record. Extracting such a layer's output gives the raw int8 codes as floats (§2.6)."""
+    buf = memoryview(Path(bin_).read_bytes())
+    off, out = 0, {}
+    for ly in layers.values():
+        if ly.type in ("Convolution", "ConvolutionDepthWise"):
+            n, nout, has_bias = ly.p(6), ly.p(0), ly.p(5)
+        elif ly.type == "InnerProduct":
+            n, nout, has_bias = ly.p(2), ly.p(0), ly.p(1)
+        else:
+            continue
+        term = ly.p(8)
+        (flag,) = struct.unpack_from("<I", buf, off)
+        size = n * {TAG_FP32: 4, TAG_FP16: 2, TAG_INT8: 1}[flag]
+        off += 4 + size + (-size) % 4 + 4 * nout * has_bias
+        if term:
+            nscale = ly.p(7, 1) if term % 100 == 1 else (1 if ly.type == "ConvolutionDepthWise" else nout)
+            off += 4 * nscale + 4
+            if term > 100:
+                (out[ly.name],) = struct.unpack_from("<f", buf, off)
+                off += 4
+    return out

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from edgecompress.config import Config, check_choice, check_range
 from edgecompress.errors import ConfigError, DataError
 from edgecompress.quantize.calibrate import METHODS, Observer, range_to_qparams
-from edgecompress.quantize.contracts import Contract, fake_quant, resolve_contract
+from edgecompress.quantize.contracts import Contract, fake_quant, quantize_codes, resolve_contract
 from edgecompress.quantize.fold import fold_bn_
 from edgecompress.utils import sqnr_db
 
@@ -97,6 +97,7 @@ class _QuantMixin:
 
     def _setup(self, src: nn.Module, contract: Contract, per_channel: bool) -> None:
         self.load_state_dict(src.state_dict())
+        self.train(src.training)  # a new module starts in training mode; keep the model's mode
         self.contract = contract
         self.observer: Observer | None = None
         self.enabled = True
@@ -134,6 +135,36 @@ class _QuantMixin:
         self.w_scale.copy_(weight_qparams(self.weight, self.contract, self.w_granularity != "per_tensor",
                                           getattr(self, "groups", 1))[0])
 
+    def _exact_ok(self) -> bool:
+        """Inference without autograd: compute as the int8 runtime does (see ``_exact``)."""
+        return self.enabled and self.observer is None and not self.training and not torch.is_grad_enabled()
+
+    def _exact(self, x: torch.Tensor, op, k_per_out: int) -> torch.Tensor:
+        """The runtime's arithmetic: exact integer accumulation of activation codes (minus zero point)
+        times weight codes, then one float32 rescale ``acc * (1 / (s_in · s_w))`` (ncnn's multipliers)
+        or ``acc * (s_in · s_w)`` (ONNX/TensorRT scales) plus the bias, rounded once (a fused
+        multiply-add). Matches ncnn's int8 convolution bit for bit, where dequantizing to float and
+        convolving in float32 rounds differently and flips codes at rounding boundaries downstream.
+
+        The integer sums are done in float32 chunks over input channels small enough that every
+        partial sum is below 2**24 (exact), summed in float64."""
+        c = self.contract
+        xq = quantize_codes(x, self.act_scale, self.act_zero_point, *self.act_qrange, c) - self.act_zero_point
+        shape = (-1,) + (1,) * (self.weight.dim() - 1)
+        wq = quantize_codes(self.weight.detach(), self.w_scale.view(shape), 0, W_QMIN, W_QMAX, c)
+        x_max = max(abs(self.act_qrange[0] - int(self.act_zero_point)), abs(self.act_qrange[1] - int(self.act_zero_point)))
+        per_chunk = max(1, (2 ** 24 // (x_max * W_QMAX)) // max(1, k_per_out // wq.shape[1]))
+        acc = op(xq, wq, 0, per_chunk)
+        s_in = self.act_scale.float()
+        s_w = self.w_scale.float()
+        scale = 1.0 / (s_in * s_w) if c.convention == "multiply" else s_in * s_w
+        scale = torch.where(s_w == 0, torch.zeros_like(scale), scale)
+        view = (1, -1) + (1,) * (acc.dim() - 2)
+        y = acc * scale.double().view(view)
+        if self.bias is not None:
+            y = y + self.bias.detach().double().view(view)
+        return y.float()
+
     def quant_weight(self) -> torch.Tensor:
         if not self.enabled:
             return self.weight
@@ -154,7 +185,21 @@ class FakeQuantConv2d(_QuantMixin, nn.Conv2d):
         return q
 
     def forward(self, x):
+        if self._exact_ok():
+            return self._exact(x, self._int_conv, self.weight[0].numel())
         return self._conv_forward(self.quant_input(x), self.quant_weight(), self.bias)
+
+    def _int_conv(self, xq: torch.Tensor, wq: torch.Tensor, _, per_chunk: int) -> torch.Tensor:
+        cin_g = wq.shape[1]  # input channels per group
+        if self.groups > 1 and cin_g > per_chunk:
+            return self._conv_forward(xq.double(), wq.double(), None).double()
+        if self.groups > 1 or cin_g <= per_chunk:
+            return self._conv_forward(xq, wq, None).double()
+        acc = None
+        for i in range(0, cin_g, per_chunk):
+            part = self._conv_forward(xq[:, i:i + per_chunk], wq[:, i:i + per_chunk], None).double()
+            acc = part if acc is None else acc + part
+        return acc
 
 
 class FakeQuantLinear(_QuantMixin, nn.Linear):
@@ -165,7 +210,17 @@ class FakeQuantLinear(_QuantMixin, nn.Linear):
         return q
 
     def forward(self, x):
+        if self._exact_ok():
+            return self._exact(x, self._int_linear, self.weight.shape[1])
         return F.linear(self.quant_input(x), self.quant_weight(), self.bias)
+
+    @staticmethod
+    def _int_linear(xq: torch.Tensor, wq: torch.Tensor, _, per_chunk: int) -> torch.Tensor:
+        acc = None
+        for i in range(0, wq.shape[1], per_chunk):
+            part = F.linear(xq[..., i:i + per_chunk], wq[:, i:i + per_chunk]).double()
+            acc = part if acc is None else acc + part
+        return acc
 
 
 def quant_layers(model: nn.Module) -> dict[str, _QuantMixin]:
