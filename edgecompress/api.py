@@ -163,6 +163,9 @@ def compress(
     quant_cfg = _resolve(quantize, QuantConfig, "quantize")
     bench_cfg = _resolve(bench, BenchConfig, "bench")
     export_cfg = export or ExportConfig()
+    if tgt.needs_int8 and not quant_cfg:
+        raise ConfigError(f"target {target!r} writes an int8 artifact from edgecompress's scales; pass quantize=True "
+                          f"(or a QuantConfig), or pick target {target.rsplit('-', 1)[0]!r} for a float artifact")
     if not isinstance(model, nn.Module):
         raise ModelInputError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     if isinstance(teacher, str) and teacher != "assistants":
@@ -315,7 +318,7 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
     qmodel = None
     if quant_cfg:
         qmodel = copy.deepcopy(student)
-        qrep = quantize_(qmodel, quant_cfg, train_data, target=tgt.name, progress=progress)
+        qrep = quantize_(qmodel, quant_cfg, train_data, target=tgt.contract, progress=progress)
         if val_data is not None:
             q_logits, labels = predict(qmodel, val_data)
             qrep["top1"] = top1(q_logits, labels)
@@ -338,12 +341,12 @@ def _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg
         artifacts["prune_plan"] = stage / "prune_plan.json"
     for name in tgt.exporters:
         exp = get_exporter(name, export_cfg)
-        exported = kmodel if (kmodel is not None and name == "torch") else student
+        exported = kmodel if (kmodel is not None and name == "torch") else (qmodel if exp.int8 else student)
         paths = exp.export(exported, example_inputs, stage)
         res = exp.validate(exported, paths, held_out, batch_size=min(64, max(3, len(held_out))))
-        artifacts.update(paths)
+        artifacts.update({(role if role not in artifacts else f"{name}_{role}"): p for role, p in paths.items()})
         verification[name] = {**res.to_dict(), "runtime": exp.runtime, "files": [p.name for p in paths.values()],
-                              "bytes": file_bytes(paths.values())}
+                              "bytes": file_bytes(paths.values()), **exp.notes()}
         exporters[name] = (exp, paths)
     report["artifacts"] = verification
 
@@ -389,8 +392,11 @@ def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=No
         for name, (exp, paths) in exporters.items():
             if kmodel is not None and exp.runtime == "torch":
                 continue  # the .pt2 is the kernel model itself (timed above)
-            run = type(exp)(dataclasses.replace(exp.cfg, threads=cfg.threads)).load(paths)
-            runners[exp.runtime] = (lambda r=run: r(xn))
+            if getattr(exp, "skipped", None):
+                continue  # no TensorRT engine was built (no GPU/TensorRT here)
+            run = type(exp)(dataclasses.replace(exp.cfg, threads=cfg.threads), name=exp.name).load(paths)
+            key = exp.runtime if exp.cfg.precision == "fp32" else f"{exp.runtime} {exp.cfg.precision}"
+            runners[key] = (lambda r=run: r(xn))
         with torch.no_grad():
             stats = measure_interleaved(runners, threads=cfg.threads, warmup=cfg.warmup, iters=cfg.iters)
     finally:

@@ -46,8 +46,8 @@ class ExportError(EdgeCompressError, RuntimeError):
 class OutputMatchError(EdgeCompressError, ValueError):
     """An exported artifact's outputs differ from the PyTorch reference beyond tolerance."""
 
-    def __init__(self, artifact: str, failures: list[str]):
-        self.artifact, self.failures = artifact, failures
+    def __init__(self, artifact: str, failures: list[str], layer: dict | None = None):
+        self.artifact, self.failures, self.layer = artifact, failures, layer
         super().__init__(f"{artifact} does not match PyTorch: " + "; ".join(failures))
 
 

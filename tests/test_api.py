@@ -135,7 +135,8 @@ def test_failure_midway_leaves_no_partial_artifacts(loaders, tmp_path, monkeypat
 
 
 def test_targets_registry():
-    assert ec.list_targets() == ["ncnn", "onnx", "torch"]
+    assert ec.list_targets() == ["ncnn", "ncnn-fp16", "ncnn-int8", "onnx", "onnx-fp16", "onnx-int8", "tensorrt",
+                                 "tensorrt-int8", "torch"]
     assert ec.get_target("ncnn").quant_scheme == "symmetric"
 
 

@@ -1,11 +1,17 @@
+import copy
+import os
+import struct
+
+import numpy as np
 import pytest
 import torch
 
-from edgecompress.errors import ExportError, OutputMatchError
+from edgecompress.errors import ConfigError, ExportError, OutputDirError, OutputMatchError
 from edgecompress.export import ExportConfig, get_exporter
 from edgecompress.models import create_model
 from edgecompress.prune import PruneConfig, prune_
-from edgecompress.testing import randomize_bn_
+from edgecompress.quantize import QuantConfig, quantize_
+from edgecompress.testing import randomize_bn_, synthetic_loaders
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +47,7 @@ def test_mismatch_raises_typed_error_with_numbers(resnet20, tmp_path):
     exp = get_exporter("onnx")
     paths = exp.export(resnet20, (torch.randn(2, 3, 32, 32),), tmp_path)
     other = randomize_bn_(create_model("resnet20"), seed=5)
-    with pytest.raises(OutputMatchError, match=r"onnx does not match PyTorch: max abs diff .* > atol 0.0001"):
+    with pytest.raises(OutputMatchError, match=r"onnx does not match PyTorch: output 'logits': max abs diff .* > atol 0.0001"):
         exp.validate(other, paths, torch.randn(8, 3, 32, 32))
     res = exp.validate(other, paths, torch.randn(8, 3, 32, 32), raise_on_fail=False)
     assert not res.passed and res.failures()
@@ -66,3 +72,148 @@ def test_export_config_validation():
         ExportConfig(precision="int4")
     with pytest.raises(ConfigError, match="unknown exporter"):
         get_exporter("coreml")
+
+
+@pytest.mark.parametrize("backend", ["onnx-fp16", "ncnn-fp16"])
+def test_fp16_export_within_bound(backend, resnet20, tmp_path):
+    # reference: the model with its weights rounded to fp16 (what the artifact stores), in fp32.
+    # Measured (randomized-BN ResNet-20, 64 random images): onnx-fp16 max |diff| ~4e-3 with
+    # logits of magnitude ~1.5; ncnn-fp16 ~3e-3. Default bound: 5e-2 and 98% top-1 agreement.
+    exp = get_exporter(backend)
+    paths = exp.export(resnet20, (torch.randn(1, 3, 32, 32),), tmp_path)
+    assert ".fp16." in paths[next(iter(paths))].name
+    res = exp.validate(resnet20, paths, torch.randn(64, 3, 32, 32), batch_size=16)
+    print(backend, res.max_abs_diff, res.sqnr_db)
+    assert res.reference == "torch with fp16-rounded weights"
+    assert res.max_abs_diff <= 2e-2 and res.sqnr_db > 40 and res.top1_agreement >= 0.98
+    if backend == "onnx-fp16":
+        import onnx
+
+        inits = onnx.load(str(paths["onnx"])).graph.initializer
+        assert {i.data_type for i in inits if len(i.dims) == 4} == {onnx.TensorProto.FLOAT16}
+
+
+def _quantized(target, seed=0):
+    m = randomize_bn_(create_model("tiny_resnet"), seed=seed).eval()
+    q = copy.deepcopy(m)
+    train, _ = synthetic_loaders(n_train=128, batch_size=32)
+    quantize_(q, QuantConfig(calibration="minmax", calib_batches=4, stability_splits=0), train, target=target,
+              progress=False)
+    return q
+
+
+@pytest.mark.parametrize("backend,contract", [("ncnn-int8", "ncnn"), ("onnx-int8", "onnx")])
+def test_int8_exporters_validate_against_the_simulation_and_float(backend, contract, tmp_path):
+    q = _quantized(contract)
+    exp = get_exporter(backend)
+    paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
+    res = exp.validate(q, paths, torch.randn(48, 3, 32, 32), batch_size=7)
+    assert res.reference.startswith("int8 simulation") and res.passed
+    assert res.top1_agreement >= 0.99 and res.vs_float["sqnr_db"] < res.sqnr_db
+    if backend == "ncnn-int8":  # bit-exact on regular convolutions
+        assert res.max_abs_diff <= 1e-5 and exp.notes()["requantized_layers"] >= 1
+        assert paths["ncnn_table"].read_text().count("_param_0 ") == exp.notes()["int8_layers"]
+    with pytest.raises(ConfigError, match=f"target={contract!r}"):
+        exp.export(_quantized("tensorrt"), (torch.randn(1, 3, 32, 32),), tmp_path / "x")
+    with pytest.raises(ConfigError, match="quantize the model first"):
+        exp.export(randomize_bn_(create_model("tiny_resnet")), (torch.randn(1, 3, 32, 32),), tmp_path / "y")
+
+
+def test_ncnn_int8_corrupt_scale_names_output_layer_and_diff(tmp_path):
+    from edgecompress.export.ncnn_int8 import _walk_int8_bin, read_param
+
+    q = _quantized("ncnn")
+    exp = get_exporter("ncnn-int8")
+    paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
+    layers = read_param(paths["ncnn_param"])
+    victim = [ly for ly in layers if ly.type == "Convolution"][2]
+    # multiply the victim's input scale by 8: its input saturates, everything after it departs
+    raw = bytearray(paths["ncnn_bin"].read_bytes())
+    rec = _walk_int8_bin(paths["ncnn_bin"], layers)[victim.name]
+    off = rec["input_scale_offset"]
+    raw[off:off + 4] = struct.pack("<f", rec["input_scale"] * 8)
+    paths["ncnn_bin"].write_bytes(bytes(raw))
+    with pytest.raises(OutputMatchError) as e:
+        exp.validate(q, paths, torch.randn(32, 3, 32, 32))
+    msg = str(e.value)
+    assert "output 'logits': SQNR" in msg and "max abs diff" in msg
+    assert f"first diverging layer {victim.name!r}" in msg and e.value.layer["layer"] == victim.name
+    assert e.value.layer["max_rel_diff"] > 0.01
+
+
+def test_onnx_int8_corrupt_scale_names_output_and_diff(tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    q = _quantized("onnx")
+    exp = get_exporter("onnx-int8")
+    paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
+    model = onnx.load(str(paths["onnx"]))
+    # a weight scale 4x too large: that conv's output (and everything after it) is 4x off
+    init = next(i for i in model.graph.initializer if i.name == "layer2_0_conv1_w_scale")
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 4, init.name))
+    onnx.save(model, str(paths["onnx"]))
+    with pytest.raises(OutputMatchError, match=r"onnx-int8 does not match PyTorch: output 'logits': SQNR [\d.-]+ dB "
+                                               r"< 20 dB \(vs int8 simulation \(onnx contract\), max abs diff [\d.e-]+\)"):
+        exp.validate(q, paths, torch.randn(32, 3, 32, 32))
+
+
+def test_ncnn_unsupported_op_is_named(tmp_path):
+    class Erfinv(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.c = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x):
+            return torch.special.erfinv(self.c(x).flatten(1)[:, :10].clamp(-0.5, 0.5))
+
+    with pytest.raises(ExportError, match=r"ncnn backend has no layer for op\(s\) aten::erfinv"):
+        get_exporter("ncnn").export(Erfinv(), (torch.randn(1, 3, 8, 8),), tmp_path / "o")
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_pnnx_failure_is_surfaced_and_nothing_written(tmp_path):
+    class DictOut(torch.nn.Module):  # torch.jit.trace cannot trace a model returning a set
+        def forward(self, x):
+            return {x.sum()}
+
+    with pytest.raises(ExportError, match="pnnx needs a TorchScript trace"):
+        get_exporter("ncnn").export(DictOut(), (torch.randn(1, 3, 8, 8),), tmp_path / "o")
+    assert list((tmp_path / "o").iterdir()) == []
+
+
+def test_output_folder_errors(resnet20, tmp_path):
+    with pytest.raises(OutputDirError, match="does not exist; create it first"):
+        get_exporter("onnx").export(resnet20, (torch.randn(1, 3, 32, 32),), tmp_path / "missing" / "out")
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutputDirError, match="is a file, not a folder"):
+        get_exporter("onnx").export(resnet20, (torch.randn(1, 3, 32, 32),), blocker / "out")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
+def test_read_only_output_folder(resnet20, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        with pytest.raises(OutputDirError, match="cannot write into"):
+            get_exporter("onnx").export(resnet20, (torch.randn(1, 3, 32, 32),), ro)
+    finally:
+        ro.chmod(0o700)
+
+
+def test_tensorrt_exporter_without_tensorrt_writes_and_validates_the_onnx(tmp_path):
+    from edgecompress.export.tensorrt import is_tensorrt_available
+
+    if is_tensorrt_available():
+        pytest.skip("TensorRT and a GPU are present: the engine path is tested in test_export_tensorrt.py")
+    q = _quantized("tensorrt")
+    exp = get_exporter("tensorrt-int8")
+    with pytest.warns(UserWarning, match="TensorRT engine not built"):
+        paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
+    assert set(paths) == {"onnx"} and paths["onnx"].name == "model.int8-trt.onnx"
+    notes = exp.notes()
+    assert notes["engine"].startswith("skipped: ") and ("pip install" in notes["engine"] or "GPU" in notes["engine"])
+    res = exp.validate(q, paths, torch.randn(32, 3, 32, 32))
+    assert res.top1_agreement >= 0.99

@@ -327,26 +327,66 @@ def layer_diffs(param: str | Path, bin_: str | Path, qmodel: torch.nn.Module, pl
     return rows
 
 
-def _top_scales(bin_: str | Path, layers: dict[str, Layer], plans: list[Int8Plan]) -> dict[str, float]:
-    """The requantize (top) scale of every layer written with term > 100: the last float of its
-    .bin record. Extracting such a layer's output gives the raw int8 codes as floats (§2.6)."""
+def _walk_int8_bin(bin_: str | Path, layers: list[Layer]) -> dict[str, dict]:
+    """Per weighted layer of a written (int8) model: its weight as stored (int8 codes or float),
+    and for int8 layers the weight scales, input scale and requantize (top) scale."""
     buf = memoryview(Path(bin_).read_bytes())
     off, out = 0, {}
-    for ly in layers.values():
+    for ly in layers:
         if ly.type in ("Convolution", "ConvolutionDepthWise"):
             n, nout, has_bias = ly.p(6), ly.p(0), ly.p(5)
         elif ly.type == "InnerProduct":
             n, nout, has_bias = ly.p(2), ly.p(0), ly.p(1)
         else:
             continue
-        term = ly.p(8)
         (flag,) = struct.unpack_from("<I", buf, off)
-        size = n * {TAG_FP32: 4, TAG_FP16: 2, TAG_INT8: 1}[flag]
-        off += 4 + size + (-size) % 4 + 4 * nout * has_bias
+        dtype, size = {TAG_FP32: ("<f4", 4), TAG_FP16: ("<f2", 2), TAG_INT8: ("i1", 1)}[flag]
+        rec = {"weight": np.frombuffer(buf, dtype, n, off + 4)}
+        off += 4 + n * size + (-(n * size)) % 4 + 4 * nout * has_bias
+        term = ly.p(8)
         if term:
             nscale = ly.p(7, 1) if term % 100 == 1 else (1 if ly.type == "ConvolutionDepthWise" else nout)
+            rec["weight_scales"] = np.frombuffer(buf, "<f4", nscale, off)
+            rec["input_scale_offset"] = off + 4 * nscale
+            (rec["input_scale"],) = struct.unpack_from("<f", buf, off + 4 * nscale)
             off += 4 * nscale + 4
             if term > 100:
-                (out[ly.name],) = struct.unpack_from("<f", buf, off)
+                (rec["top_scale"],) = struct.unpack_from("<f", buf, off)
                 off += 4
+        out[ly.name] = rec
+    if off != len(buf):
+        raise ExportError(f"{bin_}: read {off} of {len(buf)} bytes; the param and bin do not belong together")
     return out
+
+
+def _top_scales(bin_: str | Path, layers: dict[str, Layer], plans: list[Int8Plan]) -> dict[str, float]:
+    """The requantize (top) scale of every layer written with term > 100. Extracting such a
+    layer's output gives the raw int8 codes as floats (EXPORT_FORMATS.md §2.6)."""
+    recs = _walk_int8_bin(bin_, list(layers.values()))
+    return {name: r["top_scale"] for name, r in recs.items() if "top_scale" in r}
+
+
+def plans_of(param: str | Path, bin_: str | Path, qmodel: torch.nn.Module) -> list[Int8Plan]:
+    """The plan of an int8 model already on disk: each int8 layer matched to the torch layer whose
+    weight codes it stores (layers kept fp32 are left out)."""
+    from edgecompress.quantize.contracts import quantize_codes
+    from edgecompress.quantize.ptq import quant_layers
+
+    layers = read_param(param)
+    recs = _walk_int8_bin(bin_, layers)
+    qlayers = {n: q for n, q in quant_layers(qmodel).items() if q.enabled}
+    plans, used = [], set()
+    for ly in layers:
+        if ly.name not in recs or not ly.p(8):
+            continue
+        w = recs[ly.name]["weight"]
+        for name, q in qlayers.items():
+            if name in used or q.weight.numel() != w.size or q.weight.shape[0] != ly.p(0):
+                continue
+            shape = (-1,) + (1,) * (q.weight.dim() - 1)
+            codes = quantize_codes(q.weight.detach(), q.w_scale.view(shape), 0, -127, 127, q.contract)
+            if np.array_equal(codes.numpy().reshape(-1).astype(np.int8), w):
+                plans.append(Int8Plan(ly.name, name, ly.p(8)))
+                used.add(name)
+                break
+    return plans

@@ -1,7 +1,12 @@
-"""ONNX fp32 export (torch.onnx dynamo exporter, dynamic batch) verified in onnxruntime."""
+"""ONNX export (torch.onnx dynamo exporter, dynamic batch) verified in onnxruntime: fp32, fp16
+(weights and activations in half, float32 input and output), and int8 QDQ from edgecompress's own
+scales in two flavours (``onnx_qdq``): affine u8 for onnxruntime's CPU kernels, and symmetric,
+TensorRT-ready."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import importlib.util
 import warnings
 from pathlib import Path
@@ -11,9 +16,7 @@ import torch
 import torch.nn as nn
 
 from edgecompress.errors import BackendUnavailableError, ExportError
-from edgecompress.export.base import Exporter, Runner
-
-INPUT_NAME, OUTPUT_NAME = "input", "logits"
+from edgecompress.export.base import INPUT_NAME, OUTPUT_NAME, Exporter, Runner
 
 
 def is_onnxruntime_available() -> bool:
@@ -34,9 +37,21 @@ def ort_session(path: str | Path, threads: int = 1):
     return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
 
 
+class _Half(nn.Module):
+    """fp16 weights and arithmetic behind a float32 input and output (Cast nodes at both ends), the
+    graph TensorRT's strongly typed builder turns into an fp16 engine."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model.half()
+
+    def forward(self, x):
+        return self.model(x.half()).float()
+
+
 class OnnxExporter(Exporter):
-    name = "onnx"
     runtime = "onnxruntime"
+    precisions = ("fp32", "fp16")
 
     def require(self) -> None:
         for mod, pkg in (("onnx", "onnx"), ("onnxscript", "onnxscript"), ("onnxruntime", "onnxruntime")):
@@ -46,25 +61,59 @@ class OnnxExporter(Exporter):
     def _export(self, model: nn.Module, example_inputs: tuple, workdir: Path) -> dict[str, Path]:
         import onnx
 
-        x = example_inputs[0]
-        # Trace with batch >= 2: a batch of 1 lets torch.export specialise the batch dimension.
-        if x.shape[0] < 2:
-            x = x.expand(2, *x.shape[1:]).contiguous()
-        path = workdir / "model.onnx"
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            try:
-                torch.onnx.export(
-                    model, (x,), str(path), dynamo=True, opset_version=self.cfg.opset,
-                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                    dynamic_shapes=({0: torch.export.Dim("batch")},), optimize=True, verbose=False,
-                    external_data=False,
-                )
-            except Exception as e:  # noqa: BLE001
-                raise ExportError(f"torch.onnx.export failed: {e}") from e
-        onnx.checker.check_model(str(path), full_check=True)
+        path = workdir / f"model{'.fp16' if self.cfg.precision == 'fp16' else ''}.onnx"
+        if self.cfg.precision == "fp16":
+            model = _Half(copy.deepcopy(model))
+        export_onnx(model, example_inputs[0], path, self.cfg.opset, self.cfg.dynamic_batch)
         return {"onnx": path}
 
     def load(self, paths: dict[str, Path]) -> Runner:
         sess = ort_session(paths["onnx"], self.cfg.threads)
         return lambda x: sess.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(x, dtype=np.float32)})[0]
+
+
+def export_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynamic_batch: bool = True) -> Path:
+    """torch.onnx (dynamo) export with input ``input`` and output ``logits`` plus an onnx.checker pass."""
+    import onnx
+
+    # Trace with batch >= 2: a batch of 1 lets torch.export specialise the batch dimension.
+    if dynamic_batch and x.shape[0] < 2:
+        x = x.expand(2, *x.shape[1:]).contiguous()
+    with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                torch.onnx.export(
+                    model, (x,), str(path), dynamo=True, opset_version=opset,
+                    input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                    dynamic_shapes=({0: torch.export.Dim("batch")},) if dynamic_batch else None, optimize=True,
+                    verbose=False, external_data=False,
+                )
+            except Exception as e:  # noqa: BLE001
+                raise ExportError(f"torch.onnx.export failed: {e}") from e
+    onnx.checker.check_model(str(path), full_check=True)
+    return path
+
+
+class OnnxInt8Exporter(OnnxExporter):
+    """int8 QDQ for onnxruntime's CPU kernels: u8 activations with zero points, s8 per-channel
+    weights, int32 bias (``onnx`` contract)."""
+
+    precisions = ("int8",)
+    contract = "onnx"
+    flavour = "affine"
+
+    def _export(self, model: nn.Module, example_inputs: tuple, workdir: Path) -> dict[str, Path]:
+        from edgecompress.export.onnx_qdq import export_onnx_qdq
+
+        path = workdir / f"model.{'int8' if self.flavour == 'affine' else 'int8-trt'}.onnx"
+        export_onnx_qdq(model, example_inputs, path, cfg=dataclasses.replace(self.cfg, precision="fp32"),
+                        flavour=self.flavour)
+        return {"onnx": path}
+
+
+class OnnxTensorRTInt8Exporter(OnnxInt8Exporter):
+    """TensorRT-ready int8 QDQ (symmetric, zero point 0, per-tensor activations, per-channel
+    weights on axis 0, float bias; ``tensorrt`` contract), validated in onnxruntime."""
+
+    contract = "tensorrt"
+    flavour = "tensorrt"

@@ -1,0 +1,90 @@
+"""Exporter acceptance on the shipped ResNet-20 and the CIFAR-10 test split: every artifact re-run
+in its own runtime and compared with PyTorch (int8: with our simulation of the backend's
+contract, and with float), top-1 on the labels, and batch-1 latency of int8 against fp32 in the
+same runtime, interleaved call by call in one process.
+
+    python benchmarks/export_check.py --data $EDGECOMPRESS_CIFAR10 --out benchmarks/results/exporters/resnet20.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import edgecompress as ec
+from edgecompress.bench import measure_interleaved
+from edgecompress.export import ExportConfig, get_exporter
+from edgecompress.quantize import QuantConfig, quantize_
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--model", default="resnet20")
+    ap.add_argument("--images", type=int, default=10000)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--out", default=None)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    train, test = ec.cifar10_loaders(args.data, batch_size=64, eval_batch_size=500, train_subset=512,
+                                     test_subset=args.images)
+    xs, ys = zip(*test)
+    x, y = torch.cat(xs), torch.cat(ys)
+    model = ec.load_pretrained(args.model)
+    with torch.no_grad():
+        flt = torch.cat([model(x[s:s + 500]) for s in range(0, len(x), 500)])
+    report = {"model": args.model, "images": len(x), "threads": args.threads,
+              "float_top1": (flt.argmax(1) == y).float().mean().item(), "artifacts": {}}
+    qmodels = {}
+    for contract in ("ncnn", "onnx", "tensorrt"):
+        q = copy.deepcopy(model)
+        quantize_(q, QuantConfig(calib_batches=8), train, target=contract, progress=False)
+        qmodels[contract] = q
+    jobs = [("ncnn", None), ("ncnn-fp16", None), ("ncnn-int8", "ncnn"), ("onnx", None), ("onnx-fp16", None),
+            ("onnx-int8", "onnx"), ("onnx-int8-trt", "tensorrt")]
+    runners = {}
+    x1 = np.ascontiguousarray(x[:1].numpy())
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, contract in jobs:
+            exp = get_exporter(name, ExportConfig(threads=args.threads))
+            m = qmodels[contract] if contract else model
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                paths = exp.export(m, (x[:1],), Path(tmp) / name)
+            res = exp.validate(m, paths, x, batch_size=100, raise_on_fail=False, labels=y)
+            run = exp.load(paths)
+            entry = res.to_dict()
+            entry.update(bytes=sum(p.stat().st_size for p in paths.values()), **exp.notes())
+            if contract:
+                with torch.no_grad():
+                    sim = torch.cat([m(x[s:s + 500]) for s in range(0, len(x), 500)])
+                entry["simulation_top1"] = (sim.argmax(1) == y).float().mean().item()
+            report["artifacts"][name] = entry
+            print(name, json.dumps({k: entry[k] for k in ("top1", "top1_agreement", "max_abs_diff", "sqnr_db")}), flush=True)
+            if name in ("ncnn", "ncnn-int8", "onnx", "onnx-int8"):
+                runners[name] = (lambda r=run: r(x1))
+        # fp32 and int8 of each runtime, interleaved call by call (onnxruntime sessions do not spin)
+        stats = measure_interleaved(runners, threads=args.threads, warmup=30, iters=args.iters)
+    lat = {k: v.to_dict() for k, v in stats.items()}
+    report["latency_batch1"] = lat
+    report["speedup_int8_vs_fp32"] = {
+        "ncnn": lat["ncnn"]["ms_median"] / lat["ncnn-int8"]["ms_median"],
+        "onnxruntime": lat["onnx"]["ms_median"] / lat["onnx-int8"]["ms_median"]}
+    print(json.dumps({"latency_ms_median": {k: round(v["ms_median"], 3) for k, v in lat.items()},
+                      "speedup": report["speedup_int8_vs_fp32"]}, indent=1))
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
