@@ -28,7 +28,7 @@ def test_targets_and_models():
 def test_unknown_target_exits_2_with_the_fix(cmd):
     p = run(cmd, "--target", "ncnx", check=False)
     assert p.returncode == 2
-    assert "UnknownTargetError: 'ncnx'; known targets: ncnn, onnx, torch" in p.stderr
+    assert "UnknownTargetError: 'ncnx'; known targets: ncnn, ncnn-fp16, ncnn-int8, onnx, onnx-fp16" in p.stderr
 
 
 def test_prune_command_writes_weights_plan_and_report(tmp_path):
