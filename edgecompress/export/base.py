@@ -82,6 +82,7 @@ class ValidationResult:
     vs_float: dict | None = None
     first_diverging_layer: dict | None = None
     top1: float | None = None  # the artifact's accuracy, when labels were given
+    reference_top1: float | None = None  # the reference's (e.g. the int8 simulation's), same labels
 
     @property
     def passed(self) -> bool:
@@ -237,6 +238,7 @@ class Exporter(abc.ABC):
         )
         if labels is not None:
             res.top1 = (got.argmax(1) == labels).float().mean().item()
+            res.reference_top1 = (reference.argmax(1) == labels).float().mean().item()
         if self.int8:
             from edgecompress.quantize.ptq import quant_layers
 

@@ -77,20 +77,27 @@ def _read_auto(buf: memoryview, off: int, n: int) -> tuple[np.ndarray, int]:
     raise ExportError(f"unsupported ncnn weight storage flag 0x{flag:08x} (export the float model with pnnx fp16=0)")
 
 
+def _weight_dims(ly: Layer) -> tuple[int, int, int] | None:
+    """(weight elements, outputs, has bias) of a weighted layer; None for other layer types."""
+    if ly.type in ("Convolution", "ConvolutionDepthWise"):
+        return ly.p(6), ly.p(0), ly.p(5)
+    if ly.type == "InnerProduct":
+        return ly.p(2), ly.p(0), ly.p(1)
+    return None
+
+
 def read_bin(layers: list[Layer], path: str | Path) -> None:
     """Fill each weighted layer's weight/bias from the .bin; fail on a weighted type we do not model."""
     buf = memoryview(Path(path).read_bytes())
     off = 0
     for ly in layers:
-        if ly.type in ("Convolution", "ConvolutionDepthWise"):
-            n, nout, has_bias = ly.p(6), ly.p(0), ly.p(5)
-        elif ly.type == "InnerProduct":
-            n, nout, has_bias = ly.p(2), ly.p(0), ly.p(1)
-        elif ly.type in WEIGHTLESS:
+        dims = _weight_dims(ly)
+        if dims is None and ly.type in WEIGHTLESS:
             continue
-        else:
+        if dims is None:
             raise ExportError(f"ncnn int8 writer: layer type {ly.type} ({ly.name}) is not supported; "
                               f"supported: {sorted(WEIGHTED | WEIGHTLESS)}")
+        n, nout, has_bias = dims
         if ly.p(8):
             raise ExportError(f"{ly.name} is already int8 (8={ly.p(8)}); start from pnnx's fp32 export")
         ly.weight, off = _read_auto(buf, off, n)
@@ -298,7 +305,7 @@ def layer_diffs(param: str | Path, bin_: str | Path, qmodel: torch.nn.Module, pl
             h.remove()
     net = ncnn_net(param, bin_, threads, "fp32", **opts)
     got: dict[str, list[np.ndarray]] = {p.layer: [] for p in plans}
-    top_scale = _top_scales(bin_, layers, plans)
+    top_scale = _top_scales(bin_, layers)
     import ncnn
 
     for img in x.numpy():
@@ -333,12 +340,10 @@ def _walk_int8_bin(bin_: str | Path, layers: list[Layer]) -> dict[str, dict]:
     buf = memoryview(Path(bin_).read_bytes())
     off, out = 0, {}
     for ly in layers:
-        if ly.type in ("Convolution", "ConvolutionDepthWise"):
-            n, nout, has_bias = ly.p(6), ly.p(0), ly.p(5)
-        elif ly.type == "InnerProduct":
-            n, nout, has_bias = ly.p(2), ly.p(0), ly.p(1)
-        else:
+        dims = _weight_dims(ly)
+        if dims is None:
             continue
+        n, nout, has_bias = dims
         (flag,) = struct.unpack_from("<I", buf, off)
         dtype, size = {TAG_FP32: ("<f4", 4), TAG_FP16: ("<f2", 2), TAG_INT8: ("i1", 1)}[flag]
         rec = {"weight": np.frombuffer(buf, dtype, n, off + 4)}
@@ -359,7 +364,7 @@ def _walk_int8_bin(bin_: str | Path, layers: list[Layer]) -> dict[str, dict]:
     return out
 
 
-def _top_scales(bin_: str | Path, layers: dict[str, Layer], plans: list[Int8Plan]) -> dict[str, float]:
+def _top_scales(bin_: str | Path, layers: dict[str, Layer]) -> dict[str, float]:
     """The requantize (top) scale of every layer written with term > 100. Extracting such a
     layer's output gives the raw int8 codes as floats (EXPORT_FORMATS.md §2.6)."""
     recs = _walk_int8_bin(bin_, list(layers.values()))

@@ -25,8 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from edgecompress.errors import BackendUnavailableError, ConfigError, ExportError, ModelInputError
-
-INPUT_NAME = "input"
+from edgecompress.export.base import INPUT_NAME
 _log = logging.getLogger(__name__)
 _LOGGER = None  # one TensorRT logger per process (TensorRT keeps the first one it is given)
 
