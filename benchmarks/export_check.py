@@ -67,6 +67,11 @@ def main(argv=None) -> int:
             print(name, json.dumps({k: entry[k] for k in ("top1", "top1_agreement", "max_abs_diff", "sqnr_db")}), flush=True)
             if name in ("ncnn", "ncnn-int8", "onnx", "onnx-int8"):
                 runners[name] = (lambda r=run: r(x1))
+            if name == "ncnn-int8":  # ncnn's default int8 path (winograd on), for the record
+                from edgecompress.export.ncnn import ncnn_net, ncnn_run
+
+                net = ncnn_net(paths["ncnn_param"], paths["ncnn_bin"], args.threads, "fp32")
+                runners["ncnn-int8 (winograd on)"] = (lambda n=net: ncnn_run(n, x1))
         # fp32 and int8 of each runtime, interleaved call by call (onnxruntime sessions do not spin)
         stats = measure_interleaved(runners, threads=args.threads, warmup=30, iters=args.iters)
     lat = {k: v.to_dict() for k, v in stats.items()}
