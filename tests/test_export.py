@@ -104,6 +104,7 @@ def _quantized(target, seed=0):
 
 @pytest.mark.parametrize("backend,contract", [("ncnn-int8", "ncnn"), ("onnx-int8", "onnx")])
 def test_int8_exporters_validate_against_the_simulation_and_float(backend, contract, tmp_path):
+    torch.manual_seed(0)  # 48 images: one flipped prediction is 2%, so fix the inputs
     q = _quantized(contract)
     exp = get_exporter(backend)
     paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
@@ -122,6 +123,7 @@ def test_int8_exporters_validate_against_the_simulation_and_float(backend, contr
 def test_ncnn_int8_corrupt_scale_names_output_layer_and_diff(tmp_path):
     from edgecompress.export.ncnn_int8 import _walk_int8_bin, read_param
 
+    torch.manual_seed(0)
     q = _quantized("ncnn")
     exp = get_exporter("ncnn-int8")
     paths = exp.export(q, (torch.randn(1, 3, 32, 32),), tmp_path)
