@@ -1,4 +1,4 @@
-"""The ``edgecompress`` command line: demo, compress, train, env, targets, models."""
+"""The ``edgecompress`` command line: demo, compress, prune, train, bench, env, targets, models."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 import time
 from pathlib import Path
 
-from edgecompress.errors import EdgeCompressError
+from edgecompress.errors import ConfigError, EdgeCompressError
 
 DEMO_EPOCHS = 3
 
@@ -112,6 +112,9 @@ def _compress(a, load_model, *, defaults_epochs: int) -> int:
           f"MACs {b['macs']:,} -> {af['macs']:,} ({af['macs'] / b['macs']:.1%}); "
           f"params {b['params']:,} -> {af['params']:,}")
     for name, v in r["artifacts"].items():
+        if "skipped" in v:
+            print(f"  {name:5s} [{v['runtime']}] not written: {v['skipped'][:200]}")
+            continue
         print(f"  {name:5s} [{v['runtime']}] {', '.join(v['files'])}: max|diff| {v['max_abs_diff']:.2e}, "
               f"agreement {v['top1_agreement']:.2%} on {v['samples']} images")
     for name, v in r.get("latency", {}).items():
@@ -217,6 +220,41 @@ def _cmd_prune(a) -> int:
     return 0
 
 
+def _csv(text: str, kind=str) -> tuple:
+    try:
+        return tuple(kind(t) for t in text.split(",") if t.strip())
+    except ValueError as e:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {kind.__name__}: {e}") from e
+
+
+def _cmd_bench(a) -> int:
+    """Time artifacts (and optionally a zoo model in torch) in their runtimes, interleaved."""
+    import os
+
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp: no spinning between runs
+    from edgecompress.bench import bench
+
+    models = {}
+    if a.model:
+        models[a.model] = _load_model(a)
+    top1_data = None
+    if a.top1:
+        from edgecompress.data import cifar10_loaders
+
+        _, top1_data = cifar10_loaders(a.data, batch_size=100, test_subset=a.top1, seed=0)
+    table = bench(a.artifacts, runtimes=_csv(a.runtime) if a.runtime else None, threads=_csv(a.threads, int),
+                  batch=a.batch, warmup=a.warmup, iters=a.iters, device=a.device,
+                  input_shape=_csv(a.shape, int) if a.shape else None, models=models, torch_compile=a.compile,
+                  memory=not a.no_memory, top1_data=top1_data,
+                  android={"serial": a.serial, "adb": a.adb} if a.device == "android" else None,
+                  log=lambda m: print(m, flush=True))
+    print(table.to_markdown())
+    if a.out:
+        files = table.save(a.out)
+        print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
 def _add_compress_args(p: argparse.ArgumentParser, *, out: str) -> None:
     p.add_argument("--target", default="ncnn", help="deployment target (see `edgecompress targets`)")
     p.add_argument("--data", default=None, help="CIFAR-10 archive/folder (default: $EDGECOMPRESS_CIFAR10)")
@@ -282,6 +320,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--beta", type=float, default=0.9, help="weight of the KD term (with --teacher)")
     t.add_argument("--out", default="runs/train")
     t.set_defaults(fn=_cmd_train)
+
+    b = sub.add_parser("bench", help="time artifacts in torch / onnxruntime / ncnn (/ TensorRT, Android), interleaved")
+    b.add_argument("artifacts", nargs="*", help="compress() output folders or artifact files (.onnx, .ncnn.param, .pt2, .engine)")
+    b.add_argument("--runtime", default=None, help="only these runtimes, comma-separated: torch,onnxruntime,ncnn,tensorrt")
+    b.add_argument("--threads", default="1", help="thread counts, comma-separated (e.g. 1,2)")
+    b.add_argument("--batch", type=int, default=1)
+    b.add_argument("--warmup", type=int, default=20)
+    b.add_argument("--iters", type=int, default=200, help="timed runs of every artifact")
+    b.add_argument("--device", default="cpu", help="cpu, cuda or android")
+    b.add_argument("--shape", default=None, help="per-image input shape, e.g. 3,32,32 (default: from the ONNX artifact)")
+    b.add_argument("--model", default=None, help="also time this zoo model in eager torch")
+    b.add_argument("--weights", default="pretrained", help="weights of --model ('pretrained', a .safetensors/.pt, or '')")
+    b.add_argument("--compile", action="store_true", help="also time torch.compile of the torch artifacts")
+    b.add_argument("--top1", type=int, default=0, help="measure top-1 of every artifact on N CIFAR-10 test images")
+    b.add_argument("--data", default=None, help="CIFAR-10 archive/folder for --top1 (default: $EDGECOMPRESS_CIFAR10)")
+    b.add_argument("--no-memory", action="store_true", help="skip the per-row peak-memory probe (a process each)")
+    b.add_argument("--serial", default=None, help="adb serial (--device android)")
+    b.add_argument("--adb", default="adb", help="adb executable (--device android)")
+    b.add_argument("--out", default=None, help="write bench.csv/.json/.md and plots into this folder")
+    b.set_defaults(fn=_cmd_bench)
 
     e = sub.add_parser("env", help="versions of every backend and whether it is usable here")
     e.add_argument("--json", action="store_true")

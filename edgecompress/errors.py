@@ -57,3 +57,11 @@ class PruningError(EdgeCompressError, RuntimeError):
 
 class CheckpointError(EdgeCompressError, RuntimeError):
     """A checkpoint cannot be loaded into this model."""
+
+
+class ArtifactNotFoundError(EdgeCompressError, FileNotFoundError):
+    """An artifact (or a file it needs) does not exist."""
+
+
+class DeviceUnavailableError(EdgeCompressError, RuntimeError):
+    """The device asked for (a CUDA GPU, an Android phone over adb) cannot be used here."""

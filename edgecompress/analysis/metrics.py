@@ -18,13 +18,16 @@ def count_macs(model: nn.Module, example_inputs: tuple) -> int:
     """Multiply-accumulates of one forward pass at the example's batch size, divided by it
     (so: per image). torch's flop counter counts 2 FLOPs per MAC for conv and matmul."""
     was = model.training
-    model.eval()
+    switch = not isinstance(model, torch.fx.GraphModule)  # a torch.export program's module has no train/eval
+    if switch:
+        model.eval()
     x = example_inputs[0]
     try:
         with FlopCounterMode(display=False) as fc:
             model(*example_inputs)
     finally:
-        model.train(was)
+        if switch:
+            model.train(was)
     return int(fc.get_total_flops() // 2 // max(1, x.shape[0]))
 
 

@@ -34,7 +34,8 @@ def report_tables(r: dict) -> list[tuple[str, list[str], list[list[str]]]]:
     if arts:
         tables.append(("Artifacts, re-run in their own runtime vs PyTorch",
                        ["artifact", "runtime", "files", "bytes", "max abs diff", "SQNR dB", "top-1 agreement", "samples", "passed"],
-                       [[k, v["runtime"], ", ".join(v["files"]), _num(v["bytes"]), f"{v['max_abs_diff']:.2e}",
+                       [[k, v["runtime"], "not written: " + v["skipped"][:120], "", "", "", "", "", ""] if "skipped" in v else
+                        [k, v["runtime"], ", ".join(v["files"]), _num(v["bytes"]), f"{v['max_abs_diff']:.2e}",
                          f"{v['sqnr_db']:.1f}", _pct(v["top1_agreement"]), str(v["samples"]), str(v["passed"])]
                         for k, v in arts.items()]))
     lat = r.get("latency", {})

@@ -20,21 +20,32 @@ class LatencyStats:
     ms_p90: float
     ms_p99: float
     ms_mean: float
+    times: list[float] | None = dataclasses.field(default=None, repr=False)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        d.pop("times")
+        return d
 
 
 def measure_interleaved(
-    runners: dict[str, Callable[[], object]], *, threads: int, batch: int = 1, warmup: int = 10, iters: int = 100
+    runners: dict[str, Callable[[], object]], *, threads: int, batch: int = 1, warmup: int = 10, iters: int = 100,
+    setups: dict[str, Callable[[], object]] | None = None, keep_times: bool = False,
 ) -> dict[str, LatencyStats]:
-    """Time each zero-argument callable ``iters`` times, interleaved, after ``warmup`` rounds."""
+    """Time each zero-argument callable ``iters`` times, interleaved, after ``warmup`` rounds.
+    ``setups[k]`` (e.g. setting torch's thread count) runs before each call of ``runners[k]``,
+    outside the timing."""
+    setups = setups or {}
     for _ in range(warmup):
-        for fn in runners.values():
+        for k, fn in runners.items():
+            if k in setups:
+                setups[k]()
             fn()
     times = {k: [] for k in runners}
     for _ in range(iters):
         for k, fn in runners.items():
+            if k in setups:
+                setups[k]()
             t0 = time.perf_counter()
             fn()
             times[k].append((time.perf_counter() - t0) * 1e3)
@@ -42,5 +53,5 @@ def measure_interleaved(
     for k, t in times.items():
         a = np.asarray(t)
         out[k] = LatencyStats(k, threads, batch, iters, float(np.median(a)), float(np.percentile(a, 90)),
-                              float(np.percentile(a, 99)), float(a.mean()))
+                              float(np.percentile(a, 99)), float(a.mean()), t if keep_times else None)
     return out

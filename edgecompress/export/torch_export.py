@@ -29,19 +29,25 @@ class TorchExporter(Exporter):
         return {"pt2": path}
 
     def load(self, paths: dict[str, Path]) -> Runner:
-        try:
-            prog = torch.export.load(str(paths["pt2"]))
-        except Exception as e:  # noqa: BLE001 - a program using edgecompress's kernel ops needs them registered
-            if "edgecompress" not in str(e):
-                raise
-            from edgecompress.kernels import ops
-
-            ops.load()
-            prog = torch.export.load(str(paths["pt2"]))
-        mod = prog.module()
+        mod = load_program(paths["pt2"])
 
         def run(x: np.ndarray) -> np.ndarray:
             with torch.no_grad():
                 return mod(torch.from_numpy(x)).numpy()
 
         return run
+
+
+def load_program(path: str | Path) -> nn.Module:
+    """The module of a saved torch.export program; edgecompress's kernel ops are registered first
+    when the program uses them."""
+    try:
+        prog = torch.export.load(str(path))
+    except Exception as e:  # noqa: BLE001 - a program using edgecompress's kernel ops needs them registered
+        if "edgecompress" not in str(e):
+            raise
+        from edgecompress.kernels import ops
+
+        ops.load()
+        prog = torch.export.load(str(path))
+    return prog.module()
