@@ -392,6 +392,7 @@ def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=No
     import numpy as np
 
     from edgecompress.bench import measure_interleaved
+    from edgecompress.bench.latency import COOLDOWN_S
 
     x = example_inputs[0][:1].contiguous()
     xn = np.ascontiguousarray(x.numpy())
@@ -410,7 +411,9 @@ def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=No
             key = exp.runtime if exp.cfg.precision == "fp32" else f"{exp.runtime} {exp.cfg.precision}"
             runners[key] = (lambda r=run: r(xn))
         with torch.no_grad():
-            stats = measure_interleaved(runners, threads=cfg.threads, warmup=cfg.warmup, iters=cfg.iters)
+            cooldown = {k: COOLDOWN_S["torch" if k.startswith("torch") else k.split()[0]] for k in runners}
+            stats = measure_interleaved(runners, threads=cfg.threads, warmup=cfg.warmup, iters=cfg.iters,
+                                        cooldown_s=cooldown)
     finally:
         torch.set_num_threads(prev)
     return {k: v.to_dict() for k, v in stats.items()}

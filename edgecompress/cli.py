@@ -229,9 +229,6 @@ def _csv(text: str, kind=str) -> tuple:
 
 def _cmd_bench(a) -> int:
     """Time artifacts (and optionally a zoo model in torch) in their runtimes, interleaved."""
-    import os
-
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads libgomp: no spinning between runs
     from edgecompress.bench import bench
 
     models = {}

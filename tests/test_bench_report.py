@@ -8,10 +8,21 @@ def test_interleaved_latency_stats():
     calls = []
     stats = measure_interleaved({"a": lambda: (calls.append("a"), time.sleep(0.002)), "b": lambda: calls.append("b")},
                                 threads=1, warmup=2, iters=10)
-    assert calls[:4] == ["a", "b", "a", "b"] and len(calls) == 24  # interleaved, warm-up included
+    assert calls[:8] == ["a", "a", "b", "b", "a", "b", "a", "b"] and len(calls) == 24  # warm-up, then interleaved
     a, b = stats["a"], stats["b"]
     assert a.iters == 10 and a.ms_median >= 2.0 and a.ms_p90 >= a.ms_median and a.ms_p99 >= a.ms_p90
     assert b.ms_median < a.ms_median
+
+
+def test_block_interleaving_rewarms_and_cools_down():
+    calls, sleeps = [], []
+    stats = measure_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}, threads=1,
+                                warmup=0, iters=5, block=3, rewarm=1, cooldown_s={"a": 0.01},
+                                setups={"b": lambda: sleeps.append(1)}, keep_times=True)
+    # blocks of 3 timed calls, each after 1 untimed one; the last block holds the remaining 2
+    assert "".join(calls) == "aaaa" "bbbb" "aaa" "bbb"
+    assert len(stats["a"].times) == len(stats["b"].times) == 5 and stats["a"].iters == 5
+    assert len(sleeps) == 7  # setups run before every call of b, timed or not
 
 
 def test_report_renders_numbers(tmp_path):

@@ -1,10 +1,12 @@
 """``edgecompress bench``: time artifacts in their own runtimes, interleaved, into one fixed schema.
 
-Every (artifact, thread count) pair becomes one runner; all runners are timed in one interleaved
-loop (A B C A B C ...) after a warm-up, so drift of the machine hits every row alike. No runtime
-may keep its worker threads spinning between calls (that would slow whichever row runs next):
-onnxruntime sessions run with ``allow_spinning=0``, ncnn with ``openmp_blocktime=0``, and the CLI
-starts torch with ``OMP_WAIT_POLICY=PASSIVE``.
+Every (artifact, thread count) pair becomes one runner; all runners take turns in one loop, in
+blocks of ``block`` timed calls each preceded by two untimed ones (A×10 B×10 C×10 A×10 ...), so
+drift of the machine hits every row alike while each row is timed hot, as in an inference loop.
+No runtime may still have worker threads spinning when the next row starts (they would slow it):
+onnxruntime sessions run with ``allow_spinning=0``, and after each block of ncnn (OpenMP blocktime,
+20 ms by default) or torch (libgomp's short default spin) the loop sleeps, outside the timing,
+until those threads are idle. Each runtime runs with its own defaults otherwise.
 
 Peak memory is measured per row in a fresh process (``python -m edgecompress.bench.peakmem``):
 the resident-set high-water mark while loading the artifact and running it, above the same
@@ -29,7 +31,7 @@ from typing import Callable
 import numpy as np
 
 from edgecompress.bench.artifacts import RUNTIMES, Artifact, discover
-from edgecompress.bench.latency import measure_interleaved
+from edgecompress.bench.latency import COOLDOWN_S, measure_interleaved
 from edgecompress.errors import BackendUnavailableError, ConfigError, DeviceUnavailableError
 
 SCHEMA = ("model", "target", "precision", "runtime", "device", "threads", "batch", "ms_median", "ms_p90", "ms_p99",
@@ -110,17 +112,24 @@ def plot(rows: list[dict], directory: Path, stem: str = "bench") -> dict[str, Pa
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401 - PercentFormatter
 
     out = {}
     for key, label, fname in (("top1", "top-1 accuracy", "latency_vs_top1"), ("macs", "MACs per image", "latency_vs_macs")):
         pts = [r for r in rows if r.get(key) is not None]
         if not pts:
             continue
-        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        fig, ax = plt.subplots(figsize=(8.0, 4.4))
+        arts = list(dict.fromkeys(r["artifact"] for r in pts))
+        thr = sorted({r["threads"] for r in pts})
+        markers = "os^Dv<>p"
         for r in pts:
-            ax.scatter(r["ms_median"], r[key], s=30)
-            ax.annotate(f"{r['artifact']} ({r['threads']}t)", (r["ms_median"], r[key]), fontsize=7,
-                        xytext=(4, 2), textcoords="offset points")
+            ax.scatter(r["ms_median"], r[key], s=36, color=f"C{arts.index(r['artifact']) % 10}",
+                       marker=markers[thr.index(r["threads"]) % len(markers)],
+                       label=f"{r['artifact']} [{r['runtime']} {r['precision']}], {r['threads']} thread(s)")
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5), frameon=False)
+        if key == "top1":
+            ax.yaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0, decimals=2))
         ax.set_xlabel("latency, median ms (batch %d)" % pts[0]["batch"])
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
@@ -157,7 +166,7 @@ def check_device(device: str, runtimes) -> None:
 def bench(items=(), *, runtimes: tuple[str, ...] | None = None, threads=(1,), batch: int = 1, warmup: int = 20,
           iters: int = 200, device: str = "cpu", input_shape: tuple[int, ...] | None = None,
           models: dict | None = None, torch_compile: bool = False, memory: bool = True, top1_data=None,
-          seed: int = 0, android: dict | None = None, log: Callable[[str], None] | None = None) -> BenchTable:
+          seed: int = 0, block: int = 10, android: dict | None = None, log: Callable[[str], None] | None = None) -> BenchTable:
     """Time every artifact in ``items`` (result folders or files) and every in-memory torch model
     in ``models`` ({name: nn.Module}) at each thread count, interleaved; one row per pair.
 
@@ -197,7 +206,7 @@ def bench(items=(), *, runtimes: tuple[str, ...] | None = None, threads=(1,), ba
         return BenchTable(rows, {"device": "android", "warmup": warmup, "iters": iters, "input_shape": list(shape)})
 
     x = np.random.default_rng(seed).standard_normal((batch, *shape)).astype(np.float32)
-    runners, setups, meta = {}, {}, {}
+    runners, setups, meta, cooldown = {}, {}, {}, {}
     for a in arts:
         params, macs = a.cost(shape)
         top1 = a.top1
@@ -213,14 +222,17 @@ def bench(items=(), *, runtimes: tuple[str, ...] | None = None, threads=(1,), ba
             runners[key] = (lambda f=fn: f(x))
             if setup:
                 setups[key] = setup
+            cooldown[key] = COOLDOWN_S.get(a.runtime, 0.0)
             meta[key] = (a, t, params, macs, top1)
-    log(f"timing {len(runners)} runner(s), interleaved: {warmup} warm-up + {iters} timed round(s)")
+    log(f"timing {len(runners)} runner(s): {warmup} warm-up calls each, then {iters} timed calls each in "
+        f"interleaved blocks of {block}")
     import torch
 
     prev = torch.get_num_threads()
     try:
         stats = measure_interleaved(runners, threads=0, batch=batch, warmup=warmup, iters=iters, setups=setups,
-                                    keep_times=True)
+                                    keep_times=True, cooldown_s=cooldown,
+                                    block=block, rewarm=2 if block > 1 else 0)
     finally:
         torch.set_num_threads(prev)
     rows = []
@@ -307,7 +319,7 @@ def peak_memory_mb(a: Artifact, threads: int, x: np.ndarray, *, warmup: int = 10
             spec["module"] = str(Path(tmp) / "m.pt")
             torch.save(a.module, spec["module"])
         proc = subprocess.run([sys.executable, "-m", "edgecompress.bench.peakmem", json.dumps(spec)],
-                              capture_output=True, text=True, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                              capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"peak-memory probe of {a.name} failed: {proc.stderr[-1500:]}")
     return float(json.loads(proc.stdout.strip().splitlines()[-1])["peak_mem_mb"])

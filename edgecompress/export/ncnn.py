@@ -46,7 +46,6 @@ def ncnn_net(param: str | Path, bin_: str | Path, threads: int = 1, precision: s
     net = ncnn.Net()
     net.opt.num_threads = threads
     net.opt.use_vulkan_compute = False
-    net.opt.openmp_blocktime = 0  # no spinning after a run: it would slow whatever runs next in this process
     if precision == "fp32":
         for opt in ("use_fp16_storage", "use_fp16_packed", "use_fp16_arithmetic", "use_bf16_storage", "use_bf16_packed"):
             setattr(net.opt, opt, False)
