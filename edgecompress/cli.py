@@ -243,12 +243,26 @@ def _cmd_bench(a) -> int:
                   batch=a.batch, warmup=a.warmup, iters=a.iters, device=a.device,
                   input_shape=_csv(a.shape, int) if a.shape else None, models=models, torch_compile=a.compile,
                   memory=not a.no_memory, top1_data=top1_data,
-                  android={"serial": a.serial, "adb": a.adb} if a.device == "android" else None,
+                  android={"serial": a.serial, "adb": a.adb, "binary": a.binary, "powersave": a.powersave}
+                  if a.device == "android" else None,
                   log=lambda m: print(m, flush=True))
     print(table.to_markdown())
     if a.out:
         files = table.save(a.out)
         print("wrote " + ", ".join(str(p) for p in files.values()))
+    return 0
+
+
+def _cmd_android_package(a) -> int:
+    from edgecompress.android.package import next_steps, package
+
+    meta = package(a.result, a.app, precision=a.precision, labels=a.labels, name=a.name, threads=a.threads,
+                   input_size=(a.input_size, a.input_size))
+    print(f"packaged {meta['name']} ({meta['precision']}, {meta['output']['classes']} classes, input "
+          f"{meta['input']['width']}x{meta['input']['height']}) into {Path(a.app) / 'app/src/main/assets'}:")
+    for p in meta["written"]:
+        print(f"  {p}")
+    print(next_steps(Path(a.app)))
     return 0
 
 
@@ -335,8 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--no-memory", action="store_true", help="skip the per-row peak-memory probe (a process each)")
     b.add_argument("--serial", default=None, help="adb serial (--device android)")
     b.add_argument("--adb", default="adb", help="adb executable (--device android)")
+    b.add_argument("--binary", default=None, help="edgecompress_bench built for the phone (--device android; "
+                   "default $EDGECOMPRESS_ANDROID_BENCH)")
+    b.add_argument("--powersave", type=int, default=0, help="ncnn powersave on the phone: 0 all, 1 little, 2 big cores")
     b.add_argument("--out", default=None, help="write bench.csv/.json/.md and plots into this folder")
     b.set_defaults(fn=_cmd_bench)
+
+    an = sub.add_parser("android", help="Android: package a compressed ncnn model into the demo app")
+    asub = an.add_subparsers(dest="android_cmd", required=True)
+    ap = asub.add_parser("package", help="copy the ncnn model, labels and model.json into android_demo's assets")
+    ap.add_argument("result", help="a compress() output folder with an ncnn model (e.g. runs/demo)")
+    ap.add_argument("--app", default="android_demo", help="the android_demo folder")
+    ap.add_argument("--precision", default="auto", help="auto (int8 when the result has it), int8, fp16 or fp32")
+    ap.add_argument("--labels", default=None, help="class names, one per line (default: CIFAR-10's for 10 classes)")
+    ap.add_argument("--name", default=None, help="model name shown in the app (default: the result folder's name)")
+    ap.add_argument("--threads", type=int, default=4, help="ncnn threads the app starts with")
+    ap.add_argument("--input-size", type=int, default=32, help="square input size the model expects")
+    ap.set_defaults(fn=_cmd_android_package)
 
     e = sub.add_parser("env", help="versions of every backend and whether it is usable here")
     e.add_argument("--json", action="store_true")

@@ -65,3 +65,23 @@ class ArtifactNotFoundError(EdgeCompressError, FileNotFoundError):
 
 class DeviceUnavailableError(EdgeCompressError, RuntimeError):
     """The device asked for (a CUDA GPU, an Android phone over adb) cannot be used here."""
+
+
+class PackagingError(EdgeCompressError, ValueError):
+    """A model cannot be packaged into the Android app as asked."""
+
+
+class UnsafePathError(PackagingError):
+    """A path would be written outside the folder it belongs in."""
+
+
+class AdbError(EdgeCompressError, RuntimeError):
+    """adb failed while talking to an Android device."""
+
+
+class DeviceDisconnectedError(AdbError):
+    """The Android device went away (unplugged, offline) during a run."""
+
+
+class DeviceUnauthorizedError(AdbError):
+    """The Android device has not authorised this computer for USB debugging."""
