@@ -48,7 +48,8 @@ def test_schema_rows_for_every_runtime_and_thread_count(artifact_set, tmp_path):
 
     expected = count_macs(m, (torch.zeros(1, 3, 32, 32),))
     assert {r["macs"] for r in rows} == {expected}
-    by = {r["artifact"]: r for r in rows}
+    by = {r["artifact"].split("/")[-1]: r for r in rows}
+    assert all(r["artifact"].startswith((d.name + "/", "int8/")) for r in rows)  # named by folder: unique
     assert by["model.onnx"]["params"] == by["model.ncnn.param"]["params"] == by["model.int8.ncnn.param"]["params"]
     assert by["model.int8.ncnn.param"]["precision"] == "int8" and by["model.int8.ncnn.param"]["target"] == "ncnn-int8"
     assert by["model.onnx"]["size_bytes"] == (d / "model.onnx").stat().st_size
@@ -138,7 +139,7 @@ def test_cli_writes_the_table(artifact_set, tmp_path, capsys):
     assert main(["bench", str(d), "--threads", "1,2", "--warmup", "2", "--iters", "10", "--no-memory",
                  "--runtime", "onnxruntime,ncnn", "--out", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "| model.onnx | onnxruntime | fp32 | 2 |" in text
+    assert f"| {d.name}/model.onnx | onnxruntime | fp32 | 2 |" in text
     rows = list(csv.DictReader((out / "bench.csv").read_text().splitlines()))
     assert len(rows) == 4 and {r["runtime"] for r in rows} == {"onnxruntime", "ncnn"}
     assert (out / "bench.md").read_text().startswith("| artifact |")

@@ -122,6 +122,11 @@ def discover(items, *, runtimes: tuple[str, ...] | None = None) -> list[Artifact
         found += _from_folder(p) if p.is_dir() else [_from_file(p)]
     if runtimes is not None:
         found = [a for a in found if a.runtime in runtimes]
+    seen: dict[str, int] = {}
+    for a in found:  # every row needs its own name
+        seen[a.name] = seen.get(a.name, 0) + 1
+        if seen[a.name] > 1:
+            a.name = f"{a.name} #{seen[a.name]}"
     if not found:
         raise ArtifactNotFoundError(f"no artifact in {[str(i) for i in items]}"
                                     + (f" for runtime(s) {list(runtimes)}" if runtimes else "")
@@ -147,7 +152,8 @@ def _from_folder(d: Path) -> list[Artifact]:
             out.append(Artifact(f"{d.name}/{name}", name, paths, model=model, top1=v.get("top1")))
         return out
     files = sorted(f for f in d.iterdir() if f.is_file() and _kind(f))
-    return [_from_file(f) for f in files if not f.name.endswith(".ncnn.bin")]
+    return [dataclasses.replace(a, name=f"{d.name}/{a.name}")
+            for a in (_from_file(f) for f in files if not f.name.endswith(".ncnn.bin"))]
 
 
 def _kind(f: Path) -> str | None:
