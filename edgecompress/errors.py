@@ -85,3 +85,7 @@ class DeviceDisconnectedError(AdbError):
 
 class DeviceUnauthorizedError(AdbError):
     """The Android device has not authorised this computer for USB debugging."""
+
+
+class HostToolError(EdgeCompressError, RuntimeError):
+    """The Android demo's host tool failed to build, or rejected its input; the message is the tool's own."""
