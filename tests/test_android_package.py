@@ -65,6 +65,7 @@ def test_package_writes_exactly_the_assets_and_is_idempotent(result, app):
     package(result, app)
     assert _digest(assets) == first  # byte-identical on a re-run
     assert not [p for p in assets.iterdir() if p.name.startswith(".model")]  # no temp files left
+    assert all((assets / n).stat().st_mode & 0o044 == 0o044 for n in PACKAGED)  # readable as a normal file is
 
 
 def test_package_fp32_replaces_and_removes_stale_files(result, app):

@@ -197,12 +197,15 @@ def package_folder(param: Path, bin_: Path, folder: Path, *, precision: str, nam
 
 
 def _write_atomically(sources: dict[str, bytes], dests: dict[str, Path]) -> None:
+    umask = os.umask(0)
+    os.umask(umask)
     tmp_files = []
     try:
         for k, data in sources.items():
             fd, tmp = tempfile.mkstemp(dir=dests[k].parent, prefix=f".{k}.")
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
+            os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; the app build (maybe another user) reads these
             tmp_files.append((tmp, dests[k]))
     except BaseException:
         for tmp, _ in tmp_files:
