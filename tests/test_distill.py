@@ -176,3 +176,13 @@ def test_feature_hints_start_as_the_kept_channels_of_a_pruned_student():
     assert hist[-1]["steps"] == 2 and math.isfinite(hist[-1]["loss"])
     assert set(student.state_dict()) == keys  # the adapters are not left in the student
     assert not student._forward_hooks and not student.layer1._forward_hooks  # nor the hooks
+
+
+def test_teacher_is_given_back_trainable_and_a_frozen_student_is_refused():
+    train, _ = synthetic_loaders(n_train=64, n_val=8, batch_size=32)
+    teacher, student = create_model("tiny_cnn"), create_model("tiny_cnn", width=8)
+    cfg = DistillConfig(epochs=1, lr=0.05, progress=False, bf16=False)
+    distill_(student, teacher, train, None, cfg, log=lambda s: None)
+    assert all(p.requires_grad for p in teacher.parameters())  # frozen only while distilling
+    with pytest.raises(ConfigError, match="requires_grad=False"):
+        distill_(student.requires_grad_(False), teacher, train, None, cfg, log=lambda s: None)

@@ -325,3 +325,12 @@ def test_a_group_the_tracer_maps_wrongly_is_refused_not_pruned():
     rep = prune_(m, PruneConfig(method="l2", ratio=0.5), (x,))
     assert m.c1.out_channels == 8 and m.c2.out_channels == 4
     assert [s["where"] for s in rep["skipped"]] == ["c1"] and "zeroing" in rep["skipped"][0]["reason"]
+
+
+def test_frozen_model_is_pruned_and_stays_frozen():
+    """A model used as a distillation teacher has requires_grad=False everywhere; pruning a copy of
+    it must still find the groups (Torch-Pruning traces autograd) and leave it frozen."""
+    m = create_model("resnet20").eval().requires_grad_(False)
+    rep = prune_(m, PruneConfig(method="fpgm", ratio=0.5), (torch.randn(1, 3, 32, 32),))
+    assert rep["groups_pruned"] > 0 and rep["channels_removed"] > 0
+    assert not any(p.requires_grad for p in m.parameters())

@@ -236,10 +236,15 @@ def fit(
         total = min(total, cfg.max_steps)
     memfmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
     model.to(memory_format=memfmt)
+    if not any(p.requires_grad for p in model.parameters()):
+        raise ConfigError("every parameter of the model to train has requires_grad=False; unfreeze it "
+                          "(model.requires_grad_(True)) or the layers you want trained")
     hints = None
+    teacher_trainable = []
     if teacher is not None:
         teacher = teacher.eval().to(memory_format=memfmt)
-        for p in teacher.parameters():
+        teacher_trainable = [p for p in teacher.parameters() if p.requires_grad]
+        for p in teacher_trainable:  # frozen while distilling, given back as it came (finally below)
             p.requires_grad_(False)
         if kd and cfg.hint_layers:
             hints = FeatureHints(model, teacher, cfg.hint_layers)
@@ -338,6 +343,8 @@ def fit(
                 (ckpt / "history.json").write_text(json.dumps(history, indent=1))
             dist.barrier()
     finally:
+        for p in teacher_trainable:
+            p.requires_grad_(True)
         if hints is not None:
             hints.remove()
         if use_sync:

@@ -301,9 +301,14 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
     before, macs_before = _widths(model), sum(layer_macs(model, example_inputs).values())
     report = {"config": cfg.to_dict(), "widths_before": before, "macs_before": macs_before,
               "groups_pruned": 0, "channels_removed": 0, "skipped": [], "legr": None}
-    pr = _Pruner(model, cfg, example_inputs, ignored)
-    importance = IMPORTANCES[cfg.method](cfg.seed)
+    # Torch-Pruning traces the autograd graph: frozen parameters (e.g. a model that served as a
+    # distillation teacher) would leave it empty. Unfreeze while pruning; refreeze them by name after.
+    frozen = [n for n, p in model.named_parameters() if not p.requires_grad]
+    for _, p in model.named_parameters():
+        p.requires_grad_(True)
     try:
+        pr = _Pruner(model, cfg, example_inputs, ignored)
+        importance = IMPORTANCES[cfg.method](cfg.seed)
         if cfg.ratio > 0 or cfg.macs_target is not None:
             groups, skipped = pr.trace()
             report["skipped"] += [s.to_dict() for s in skipped]
@@ -333,6 +338,10 @@ def prune_(model: nn.Module, cfg: PruneConfig, example_inputs, *,
                         finetune(model, step)
     finally:
         model.train(was_training)
+        params = dict(model.named_parameters())
+        for n in frozen:
+            if n in params:
+                params[n].requires_grad_(False)
     if report.get("partitioned") and report["groups_pruned"] == 0:
         raise PruningError(
             "Torch-Pruning cannot trace this model as a whole and no part of it could be pruned on its own "
