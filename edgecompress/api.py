@@ -388,7 +388,8 @@ def _kernel_model(qmodel, example_inputs, val_data, variants: dict) -> tuple[nn.
 
 def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=None) -> dict:
     """Batch-1 CPU latency of the original model (torch) and of the compressed model in torch and
-    in each artifact's runtime, all interleaved in one run."""
+    in each artifact's runtime, all interleaved in one run (blocks of 10 hot calls, as
+    ``edgecompress bench`` times them)."""
     import numpy as np
 
     from edgecompress.bench import measure_interleaved
@@ -413,7 +414,7 @@ def _latency(base, model, exporters, example_inputs, cfg: BenchConfig, kmodel=No
         with torch.no_grad():
             cooldown = {k: COOLDOWN_S["torch" if k.startswith("torch") else k.split()[0]] for k in runners}
             stats = measure_interleaved(runners, threads=cfg.threads, warmup=cfg.warmup, iters=cfg.iters,
-                                        cooldown_s=cooldown)
+                                        cooldown_s=cooldown, block=10, rewarm=2)  # as edgecompress bench
     finally:
         torch.set_num_threads(prev)
     return {k: v.to_dict() for k, v in stats.items()}
