@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -32,14 +32,8 @@ from edgecompress.distill import DistillConfig, fit
 from edgecompress.prune import PruneConfig, prune_
 from edgecompress.utils import predict, top1
 
-
-def _key(teacher: torch.nn.Module, *parts) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(teacher.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(repr(parts).encode())
-    return h.hexdigest()[:12]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ckpt_key import ckpt_key  # noqa: E402 - shared with the other benchmark scripts
 
 
 def _result(name: str, student, teacher_logits, labels, test, x, hist, extra=None) -> dict:
@@ -64,7 +58,7 @@ def run(a) -> list[dict]:
             s = copy.deepcopy(teacher)
             prune_(s, PruneConfig(method="fpgm", ratio=a.ratio), (x,))
             cfg = DistillConfig(epochs=a.epochs, temperature=T, **common)
-            d = ckpt / f"T{T:g}-{_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}"
+            d = ckpt / f"T{T:g}-{ckpt_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}"
             hist = fit(s, train, test, cfg, teacher=teacher, checkpoint_dir=d, resume=True)
             results.append(_result(f"KD T={T:g}", s, t_logits, labels, test, x, hist, {"temperature": T}))
             print(json.dumps({k: v for k, v in results[-1].items() if k != "history"}), flush=True)
@@ -73,7 +67,7 @@ def run(a) -> list[dict]:
         prune_(s, PruneConfig(method="fpgm", ratio=a.ratio), (x,))
         cfg = DistillConfig(epochs=a.epochs, temperature=4.0, **common)
         hist = fit(s, train, test, cfg, teacher=teacher, resume=True,
-                   checkpoint_dir=ckpt / f"oneshot-{_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}")
+                   checkpoint_dir=ckpt / f"oneshot-{ckpt_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}")
         results.append(_result("one-shot", s, t_logits, labels, test, x, hist, {"steps": 1}))
         print(json.dumps({k: v for k, v in results[-1].items() if k != "history"}), flush=True)
         per_step = max(1, a.epochs // a.steps)
@@ -82,7 +76,7 @@ def run(a) -> list[dict]:
         step_cfg = DistillConfig(epochs=per_step, temperature=4.0, **common)
 
         def finetune(model, step):  # distil after every pruning round; each round has its own checkpoint
-            d = ckpt / f"iter{a.steps}-step{step}-{_key(teacher, step_cfg.to_json(), a.ratio, a.train_subset)}"
+            d = ckpt / f"iter{a.steps}-step{step}-{ckpt_key(teacher, step_cfg.to_json(), a.ratio, a.train_subset)}"
             hists.append(fit(model, train, test, step_cfg, teacher=teacher, checkpoint_dir=d, resume=True))
 
         prune_(s, PruneConfig(method="fpgm", ratio=a.ratio, schedule="iterative", steps=a.steps), (x,),

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -28,6 +28,9 @@ from edgecompress.distill import DistillConfig, fit
 from edgecompress.prune import PruneConfig, prune_
 from edgecompress.utils import evaluate
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ckpt_key import ckpt_key  # noqa: E402 - shared with the other benchmark scripts
+
 
 def torch_pruning_fpgm(model: torch.nn.Module, ratio: float, x: torch.Tensor) -> torch.nn.Module:
     """Torch-Pruning's FPGM as its README shows it: MetaPruner, per-layer ratio, classifier kept."""
@@ -38,18 +41,6 @@ def torch_pruning_fpgm(model: torch.nn.Module, ratio: float, x: torch.Tensor) ->
                                   ignored_layers=ignored)
     pruner.step()
     return model
-
-
-def _key(*parts) -> str:
-    h = hashlib.sha256()
-    for p in parts:
-        if isinstance(p, torch.nn.Module):
-            for k, v in sorted(p.state_dict().items()):
-                h.update(k.encode())
-                h.update(v.detach().cpu().contiguous().numpy().tobytes())
-        else:
-            h.update(str(p).encode())
-    return h.hexdigest()[:12]
 
 
 def main(argv=None) -> int:
@@ -80,7 +71,7 @@ def main(argv=None) -> int:
     for name, s in students.items():
         s.eval()
         before = evaluate(s, test)
-        ckpt = Path(a.ckpt) / f"{name.split()[0].lower()}-{_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}"
+        ckpt = Path(a.ckpt) / f"{name.split()[0].lower()}-{ckpt_key(teacher, cfg.to_json(), a.ratio, a.train_subset)}"
         hist = fit(s, train, test, cfg, teacher=teacher, checkpoint_dir=ckpt, resume=True)
         s.eval()
         rows.append({"pruner": name, "macs": count_macs(s, (x,)), "params": count_params(s), "top1_pruned": before,

@@ -32,7 +32,7 @@ from edgecompress.quantize import QuantConfig, quantize_
 from edgecompress.utils import predict, top1
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from zhao_table import _key  # noqa: E402 - the KD student's checkpoint key, shared with zhao_table.py
+from ckpt_key import ckpt_key  # noqa: E402 - the KD student's checkpoint key, as zhao_table.py computes it
 
 
 def _load_state(path: str) -> dict:
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
     cfg = DistillConfig(epochs=a.epochs, lr=a.lr, weight_decay=5e-4, schedule="cosine", seed=a.seed, temperature=4.0,
                         alpha=0.1, beta=0.9, progress=False)
     student = copy.deepcopy(pruned)
-    fit(student, train, test, cfg, teacher=base, checkpoint_dir=Path(a.ckpt) / f"{a.model}-{_key(base, cfg)}",
+    fit(student, train, test, cfg, teacher=base, checkpoint_dir=Path(a.ckpt) / f"{a.model}-{ckpt_key(base, cfg.to_json())}",
         resume=True)
     models[f"FPGM 50% + KD {a.epochs} ep"] = student.eval()
     models[f"FPGM 50% + KD + int8 (ncnn)"] = int8(student, "ncnn")

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import subprocess
 import sys
@@ -34,14 +33,8 @@ from edgecompress.prune import PruneConfig, prune_
 from edgecompress.quantize import QuantConfig, quantize_
 from edgecompress.utils import evaluate
 
-
-def _key(model: torch.nn.Module, cfg: DistillConfig) -> str:
-    h = hashlib.sha256()
-    for k, v in sorted(model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    h.update(cfg.to_json().encode())
-    return h.hexdigest()[:12]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ckpt_key import ckpt_key  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -79,7 +72,7 @@ def main(argv=None) -> int:
     cfg = DistillConfig(epochs=a.epochs, lr=a.lr, weight_decay=5e-4, schedule="cosine", seed=a.seed,
                         temperature=a.temperature, alpha=a.alpha, beta=a.beta, progress=False)
     student = copy.deepcopy(pruned)
-    ckpt = Path(a.ckpt) / f"{a.model}-{_key(teacher, cfg)}"
+    ckpt = Path(a.ckpt) / f"{a.model}-{ckpt_key(teacher, cfg.to_json())}"
     hist = fit(student, train, test, cfg, teacher=teacher, checkpoint_dir=ckpt, resume=True)
     student.eval()
     calib, _ = ec.cifar10_loaders(a.data, batch_size=64, train_subset=512, test_subset=100, seed=a.seed)
