@@ -49,7 +49,9 @@ def test_qdq_graph_matches_simulation(tmp_path):
     path = export_onnx_qdq(q, (torch.randn(1, 3, 12, 12),), tmp_path / "m.int8.onnx")
     model = onnx.load(str(path))
     ops = [n.op_type for n in model.graph.node]
-    assert ops.count("QuantizeLinear") == 3  # conv1, conv2, fc inputs (conv3 kept float)
+    # the inputs of conv1 and fc, and the residual's tensor points: conv1's output (also conv2's input,
+    # shared), conv2's output, and relu(add) (conv3's input; conv3 itself kept float)
+    assert ops.count("QuantizeLinear") == 5
     w_dq = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and n.name.endswith("_w_dq")]
     assert len(w_dq) == 3
     inits = {i.name: i for i in model.graph.initializer}

@@ -240,11 +240,9 @@ class Exporter(abc.ABC):
             res.top1 = (got.argmax(1) == labels).float().mean().item()
             res.reference_top1 = (reference.argmax(1) == labels).float().mean().item()
         if self.int8:
-            from edgecompress.quantize.ptq import quant_layers
+            from edgecompress.quantize.ptq import set_quant_enabled_
 
-            fmodel = copy.deepcopy(model).eval()
-            for q in quant_layers(fmodel).values():
-                q.enabled = False
+            fmodel = set_quant_enabled_(copy.deepcopy(model).eval(), False)
             flt = _batched(fmodel, inputs)
             res.vs_float = {"max_abs_diff": (got - flt).abs().max().item(), "sqnr_db": sqnr_db(flt, got),
                             "top1_agreement": _agreement(got, flt)}

@@ -152,11 +152,9 @@ class NcnnInt8Exporter(NcnnExporter):
 
     def _export(self, model: nn.Module, example_inputs: tuple, workdir: Path) -> dict[str, Path]:
         from edgecompress.export.ncnn_int8 import write_ncnn_int8
-        from edgecompress.quantize.ptq import quant_layers
+        from edgecompress.quantize.ptq import set_quant_enabled_
 
-        fmodel = copy.deepcopy(model).eval()
-        for q in quant_layers(fmodel).values():
-            q.enabled = False  # the float graph (BN already folded) that pnnx converts
+        fmodel = set_quant_enabled_(copy.deepcopy(model).eval(), False)  # the float graph (BN folded) pnnx converts
         fp32 = run_pnnx(fmodel, example_inputs[0][:1], workdir, "float")
         out = {"ncnn_param": workdir / "model.int8.ncnn.param", "ncnn_bin": workdir / "model.int8.ncnn.bin",
                "ncnn_table": workdir / "model.int8.table"}

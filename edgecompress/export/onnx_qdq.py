@@ -69,7 +69,7 @@ def export_onnx_qdq(qmodel: nn.Module, example_inputs: tuple, out_path: str | os
     import onnx
 
     from edgecompress.export.onnx import OnnxExporter
-    from edgecompress.quantize.ptq import quant_layers
+    from edgecompress.quantize.ptq import act_points, quant_layers
 
     if flavour not in FLAVOURS:
         raise ConfigError(f"unknown QDQ flavour {flavour!r}; known: {sorted(FLAVOURS)}")
@@ -83,10 +83,14 @@ def export_onnx_qdq(qmodel: nn.Module, example_inputs: tuple, out_path: str | os
         raise ExportError(f"output folder {out_path.parent} does not exist; create it first")
     fmodel = copy.deepcopy(qmodel).eval()
     for q in quant_layers(fmodel).values():
-        q.enabled = False  # the fp32 graph; the QDQ nodes are inserted below
+        q.enabled = False  # the fp32 graph; the layers' QDQ nodes are inserted below
+    points = act_points(fmodel)
+    for p in points.values():
+        p.emit_qdq()  # tensor points (residual adds) come out of the exporter as Q/DQ pairs
     with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=".qdq-") as tmp:
         paths = OnnxExporter(cfg).export(fmodel, example_inputs, tmp)
         model = onnx.load(str(paths["onnx"]))
+        _check_points(model.graph, points)
         _insert_qdq(model.graph, layers, fl)
         onnx.checker.check_model(model, full_check=True)
         tmp_out = Path(tmp) / "qdq.onnx"
@@ -106,6 +110,37 @@ def _check_contracts(layers: dict, fl: _Flavour) -> None:
             raise ConfigError(f"layer {name!r} was quantized under {c.name!r}; {fl.needs}{alt}")
         if fl.act_zp_dtype is np.int8 and int(q.act_zero_point.item()) != 0:
             raise ConfigError(f"layer {name!r} has activation zero point {int(q.act_zero_point.item())}; {fl.needs}")
+
+
+def _scalar(g, name: str):
+    """The value of a scalar initializer or Constant output ``name`` (None when it is neither)."""
+    from onnx import numpy_helper
+
+    for i in g.initializer:
+        if i.name == name:
+            return numpy_helper.to_array(i).item()
+    for n in g.node:
+        if n.op_type == "Constant" and n.output[0] == name:
+            return numpy_helper.to_array(n.attribute[0].t).item()
+    return None
+
+
+def _check_points(g, points: dict) -> None:
+    """Every enabled tensor point came out as one QuantizeLinear with its scale and zero point."""
+    want = sorted((float(p.act_scale), int(p.act_zero_point)) for p in points.values() if p.enabled)
+    got = sorted((_scalar(g, n.input[1]), _scalar(g, n.input[2])) for n in g.node if n.op_type == "QuantizeLinear")
+    if len(want) != len(got) or not np.allclose(np.array(want, float), np.array(got, float), rtol=1e-6, atol=0):
+        raise ExportError(f"the exported graph has {len(got)} QuantizeLinear nodes for {len(want)} tensor "
+                          "quantization points, or other scales; the ONNX exporter changed them")
+
+
+def _producer_qparams(g, producers: dict, tensor: str):
+    """(scale, zero point) when ``tensor`` is a per-tensor DequantizeLinear's output, else None."""
+    n = producers.get(tensor)
+    if n is None or n.op_type != "DequantizeLinear" or len(n.input) < 3:
+        return None
+    s, z = _scalar(g, n.input[1]), _scalar(g, n.input[2])
+    return None if s is None or z is None else (float(s), int(z))
 
 
 def _layer_of(node, layers: dict):
@@ -166,6 +201,7 @@ def _insert_qdq(g, layers: dict, fl: _Flavour) -> None:
     from onnx import numpy_helper
 
     inits = {i.name: i for i in g.initializer}
+    producers = {o: n for n in g.node for o in n.output}
     new_nodes, added, replaced = [], [], set()
     shared: dict[tuple, str] = {}  # (tensor, scale, zp) -> dequantized name, when the flavour shares pairs
     for node in g.node:
@@ -176,7 +212,10 @@ def _insert_qdq(g, layers: dict, fl: _Flavour) -> None:
         tag = lname.replace(".", "_")
         x_scale, x_zp = float(q.act_scale.item()), int(q.act_zero_point.item())
         key = (node.input[0], x_scale, x_zp)
-        if fl.share_act_qdq and key in shared:
+        upstream = _producer_qparams(g, producers, node.input[0])
+        if upstream is not None and np.isclose(upstream[0], x_scale, rtol=1e-6, atol=0) and upstream[1] == x_zp:
+            x_dq = node.input[0]  # already quantized by a tensor point with the same parameters
+        elif fl.share_act_qdq and key in shared:
             x_dq = shared[key]
         else:
             i, n, x_dq = _act_qdq(node.input[0], tag, x_scale, x_zp, fl.act_zp_dtype)

@@ -7,12 +7,22 @@ import torch.fx
 import torch.nn as nn
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+from edgecompress.errors import ConfigError
+
 
 def fold_bn_(model: nn.Module) -> int:
     """Fold each BatchNorm2d whose only input is a Conv2d used nowhere else; the BN becomes
-    Identity. Module names are kept. Returns the number of folds. Needs an fx-traceable model."""
+    Identity. Module names are kept. Returns the number of folds. Finding the conv -> BN pairs needs
+    an fx-traceable model; one that is not gets 0 folds when it has no BatchNorm, else a ConfigError."""
     model.eval()
-    gm = torch.fx.symbolic_trace(model)
+    try:
+        gm = torch.fx.symbolic_trace(model)
+    except Exception as e:  # noqa: BLE001 - torch.fx raises several types for untraceable code
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            return 0
+        raise ConfigError(f"cannot fold BatchNorm: torch.fx could not trace {type(model).__name__} "
+                          f"({type(e).__name__}: {str(e)[:200]}); fold it before quantizing "
+                          "(torch.ao.quantization.fuse_modules) or remove the data-dependent control flow") from e
     mods = dict(model.named_modules())
     folded = 0
     for node in gm.graph.nodes:

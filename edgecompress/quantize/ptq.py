@@ -15,6 +15,7 @@ read it; none recomputes scales.
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import fnmatch
 import warnings
@@ -42,7 +43,9 @@ class QuantConfig(Config):
     ``skip_layers`` stay float; ``fallback_layers=k`` also keeps the k layers whose own
     quantization hurts the output most (sensitivity analysis) in float. Calibration ranges are
     recomputed on ``stability_splits`` disjoint subsets of the batches; a layer whose threshold
-    spreads by more than ``stability_tol`` is flagged."""
+    spreads by more than ``stability_tol`` is flagged. ``residual_points`` also quantizes the tensors
+    around residual adds (``graph``), so onnxruntime runs QLinearConv/QLinearAdd end to end; None: on
+    for the ``onnx`` contract, off elsewhere (ncnn and our kernels add in float)."""
 
     scheme: str | None = None
     calibration: str = "percentile"
@@ -55,6 +58,8 @@ class QuantConfig(Config):
     stability_splits: int = 4
     stability_tol: float = 0.10
     seed: int = 0
+    residual_points: bool | None = None
+
 
     def validate(self) -> None:
         n = type(self).__name__
@@ -69,6 +74,9 @@ class QuantConfig(Config):
         check_range(n, "stability_splits", self.stability_splits, 0, 1000)
         check_range(n, "stability_tol", self.stability_tol, 0.0, 100.0)
         self.skip_layers = tuple(self.skip_layers)
+        if self.residual_points not in (None, True, False):
+            raise ConfigError(f"{n}.residual_points must be True, False or None (the contract's default), "
+                              f"got {self.residual_points!r}")
 
     def method_for(self, layer: str) -> str:
         for pat, m in (self.layer_calibration or {}).items():
@@ -92,34 +100,48 @@ def weight_qparams(w: torch.Tensor, contract: Contract, per_channel: bool, group
     return (absmax / W_QMAX).float(), granularity
 
 
-class _QuantMixin:
-    """Input + weight fake quantization for a conv/linear; ``observer`` set while calibrating."""
+class _ActQuant:
+    """Activation fake quantization (scale, zero point, calibrated range); ``observer`` set while
+    calibrating, ``ema`` while QAT tracks the range."""
 
-    def _setup(self, src: nn.Module, contract: Contract, per_channel: bool) -> None:
-        self.load_state_dict(src.state_dict())
-        self.train(src.training)  # a new module starts in training mode; keep the model's mode
+    def _setup_act(self, contract: Contract) -> None:
         self.contract = contract
         self.observer: Observer | None = None
         self.enabled = True
         self.ema: float | None = None  # QAT: EMA momentum of the activation range while training
-        self.dynamic_weights = False  # QAT: weight scales follow the weights while training
         self.register_buffer("act_scale", torch.tensor(1.0))
         self.register_buffer("act_zero_point", torch.tensor(0))
         self.register_buffer("act_range", torch.tensor([0.0, 0.0]))
-        w_scale, self.w_granularity = weight_qparams(src.weight, contract, per_channel, getattr(src, "groups", 1))
-        self.register_buffer("w_scale", w_scale)
 
     @property
     def act_qrange(self) -> tuple[int, int]:
         return self.contract.act_qmin, self.contract.act_qmax
 
+    @property
+    def input_point(self):
+        """The tensor-level point (``graph``) this layer's input comes from, whose parameters it uses."""
+        return self.__dict__.get("_input_point")
+
+    def _observing(self) -> bool:
+        p = self.input_point
+        return self.observer is not None or (p is not None and p.observer is not None)
+
+    def _sync_input(self) -> None:
+        p = self.input_point
+        if p is not None and p.observer is None:
+            with torch.no_grad():
+                self.act_scale.copy_(p.act_scale)
+                self.act_zero_point.copy_(p.act_zero_point)
+                self.act_range.copy_(p.act_range)
+
     def quant_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
             self.observer.observe(x)
             return x
-        if not self.enabled:
+        if not self.enabled or self._observing():
             return x
-        if self.training and self.ema is not None:
+        self._sync_input()
+        if self.training and self.ema is not None and self.input_point is None:
             self._update_range(x)
         return fake_quant(x, self.act_scale, self.act_zero_point, *self.act_qrange, self.contract)
 
@@ -131,13 +153,60 @@ class _QuantMixin:
         self.act_scale.fill_(scale)
         self.act_zero_point.fill_(zp)
 
+
+class FakeQuantAct(_ActQuant, nn.Module):
+    """A quantization point on a tensor (``graph``: around residual adds). After ``emit_qdq()`` it
+    emits QuantizeLinear/DequantizeLinear through the ONNX exporter instead of simulating them."""
+
+    def __init__(self, contract: Contract, name: str = ""):
+        super().__init__()
+        self.point_name = name
+        self.export_qparams: tuple[float, int] | None = None
+        self._setup_act(contract)
+
+    def emit_qdq(self) -> None:
+        """Export mode: the scale and zero point as Python constants (torch.export cannot read buffers).
+        Called before the export starts: the ONNX exporter's op registry only sees the quantized
+        ops registered by then."""
+        import torch.ao.quantization.fx._decomposed  # noqa: F401 - registers quantized_decomposed ops
+
+        self.export_qparams = (float(self.act_scale), int(self.act_zero_point))
+
+    def forward(self, x):
+        if self.export_qparams is not None and self.enabled:
+            qmin, qmax = self.act_qrange
+            dt = torch.uint8 if qmin >= 0 else torch.int8
+            scale, zp = self.export_qparams
+            qd = torch.ops.quantized_decomposed
+            return qd.dequantize_per_tensor(qd.quantize_per_tensor(x, scale, zp, qmin, qmax, dt), scale, zp, qmin, qmax, dt)
+        return self.quant_input(x)
+
+    def extra_repr(self) -> str:
+        return f"{self.point_name!r}, contract={self.contract.name}"
+
+
+class _QuantMixin(_ActQuant):
+    """Input + weight fake quantization for a conv/linear."""
+
+    def _setup(self, src: nn.Module, contract: Contract, per_channel: bool) -> None:
+        self.load_state_dict(src.state_dict())
+        self.train(src.training)  # a new module starts in training mode; keep the model's mode
+        self._setup_act(contract)
+        self.dynamic_weights = False  # QAT: weight scales follow the weights while training
+        w_scale, self.w_granularity = weight_qparams(src.weight, contract, per_channel, getattr(src, "groups", 1))
+        self.register_buffer("w_scale", w_scale)
+
+    def tie_input(self, point: FakeQuantAct) -> None:
+        """Read the input's quantization parameters from ``point`` (kept out of the module tree)."""
+        self.__dict__["_input_point"] = point
+
     def refresh_weight_scales(self) -> None:
         self.w_scale.copy_(weight_qparams(self.weight, self.contract, self.w_granularity != "per_tensor",
                                           getattr(self, "groups", 1))[0])
 
     def _exact_ok(self) -> bool:
         """Inference without autograd: compute as the int8 runtime does (see ``_exact``)."""
-        return self.enabled and self.observer is None and not self.training and not torch.is_grad_enabled()
+        return self.enabled and not self._observing() and not self.training and not torch.is_grad_enabled()
 
     def _exact(self, x: torch.Tensor, op, k_per_out: int) -> torch.Tensor:
         """The runtime's arithmetic: exact integer accumulation of activation codes (minus zero point)
@@ -149,6 +218,7 @@ class _QuantMixin:
         The integer sums are done in float32 chunks over input channels small enough that every
         partial sum is below 2**24 (exact), summed in float64."""
         c = self.contract
+        self._sync_input()
         xq = quantize_codes(x, self.act_scale, self.act_zero_point, *self.act_qrange, c) - self.act_zero_point
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         wq = quantize_codes(self.weight.detach(), self.w_scale.view(shape), 0, W_QMIN, W_QMAX, c)
@@ -227,6 +297,20 @@ def quant_layers(model: nn.Module) -> dict[str, _QuantMixin]:
     return {n: m for n, m in model.named_modules() if isinstance(m, _QuantMixin)}
 
 
+def act_points(model: nn.Module) -> dict[str, FakeQuantAct]:
+    """The tensor-level quantization points (``graph``), by point name."""
+    return {m.point_name: m for m in model.modules() if isinstance(m, FakeQuantAct)}
+
+
+def set_quant_enabled_(model: nn.Module, enabled: bool) -> nn.Module:
+    """Switch every fake quantization of ``model`` (layers and points) on or off: off gives the float
+    model the quantizer started from (BN folded)."""
+    for m in model.modules():
+        if isinstance(m, _ActQuant):
+            m.enabled = enabled
+    return model
+
+
 def _swap(model: nn.Module, cfg: QuantConfig, contract: Contract) -> tuple[dict, dict]:
     swapped, floats = {}, {}
     for name, mod in list(model.named_modules()):
@@ -294,12 +378,15 @@ def _finalize(layers: dict, cfg: QuantConfig) -> dict:
 
 @torch.no_grad()
 def sensitivity(model: nn.Module, batches: list, metric: str = "sqnr", labels: bool = False) -> dict[str, float]:
-    """Quantize one layer at a time (all others float) on an already calibrated model; per layer the
-    output SQNR (dB, higher = less sensitive) or, with ``metric="top1"``, the top-1 drop vs float."""
+    """Quantize one layer at a time (all others float, tensor points too) on an already calibrated
+    model; per layer the output SQNR (dB, higher = less sensitive) or, with ``metric="top1"``, the
+    top-1 drop vs float."""
     layers = quant_layers(model)
+    points = list(act_points(model).values())
     prev = {n: q.enabled for n, q in layers.items()}
+    prev_points = [p.enabled for p in points]
     try:
-        for q in layers.values():
+        for q in [*layers.values(), *points]:
             q.enabled = False
         ref = [model(x) for x, _ in batches]
         ref_acc = (sum((r.argmax(1) == y).sum().item() for r, (_, y) in zip(ref, batches))
@@ -317,7 +404,28 @@ def sensitivity(model: nn.Module, batches: list, metric: str = "sqnr", labels: b
     finally:
         for n, q in layers.items():
             q.enabled = prev[n]
+        for p, e in zip(points, prev_points):
+            p.enabled = e
     return out
+
+
+def _residual_points(model: nn.Module, cfg: QuantConfig, contract: Contract, calib_data) -> tuple[dict, str]:
+    """The ``graph`` pass when the config (or the contract's default) asks for it; (points, note)."""
+    from edgecompress.quantize.graph import insert_residual_points_
+
+    wanted = cfg.residual_points if cfg.residual_points is not None else contract.name == "onnx"
+    if not wanted:
+        return {}, f"off (residual_points={cfg.residual_points}, contract {contract.name!r})"
+    example = next((x for x, _ in calib_data), None)
+    if not torch.is_tensor(example) or example.numel() == 0:
+        return {}, "no example batch to trace the model with"
+    points, reason = insert_residual_points_(model, contract, example[:2], (_ActQuant,), FakeQuantAct)
+    if reason is not None:
+        if reason != "no residual add in the model":
+            warnings.warn(f"inputs of convs/linears quantized only: {reason}; onnxruntime will run the residual "
+                          "adds (and the convs that feed them) in float", UserWarning, stacklevel=3)
+        return {}, reason
+    return points, f"{len(points)} tensors around residual adds quantized (QLinearAdd in onnxruntime)"
 
 
 def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | None = None,
@@ -327,12 +435,21 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
     fallback. In place; returns the report, whose ``spec`` is the exporters' metadata."""
     contract = resolve_contract(target, cfg.scheme or scheme)
     model.eval()
+    if isinstance(calib_data, collections.abc.Iterator):  # one-shot: keep the batches we read
+        calib_data = [b for _, b in zip(range(max(cfg.calib_batches, 2)), calib_data)]
     folded = fold_bn_(model)
     layers, floats = _swap(model, cfg, contract)
     if not layers:
         raise ConfigError("no Conv2d/Linear layer to quantize (all skipped or unsupported); check skip_layers")
-    seen = _calibrate(model, layers, cfg, calib_data, progress)
-    stats = _finalize(layers, cfg)
+    points, graph_note = _residual_points(model, cfg, contract, calib_data)
+    tied = {n: q.input_point.point_name for n, q in layers.items() if q.input_point is not None}
+    observed = {**{n: q for n, q in layers.items() if n not in tied}, **points}
+    seen = _calibrate(model, observed, cfg, calib_data, progress)
+    stats = _finalize(observed, cfg)
+    for n, q in layers.items():
+        if n in tied:
+            q._sync_input()
+            stats[n] = {**stats[tied[n]], "input_point": tied[n]}
     sens = None
     if cfg.fallback_layers:
         batches = []
@@ -358,6 +475,12 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
         }
         if not q.enabled:
             spec_layers[name]["reason"] = floats[name]
+        if name in tied:
+            spec_layers[name]["act"]["input_point"] = tied[name]
+    spec_tensors = {name: {"scale": p.act_scale.item(), "zero_point": int(p.act_zero_point.item()),
+                           "qmin": contract.act_qmin, "qmax": contract.act_qmax, "range": stats[name]["range"],
+                           "method": stats[name]["method"], "stability": stats[name]["stability"],
+                           "unstable": stats[name]["unstable"]} for name, p in points.items()}
     unstable = [n for n, s in stats.items() if s["unstable"]]
     if unstable:
         warnings.warn(f"calibration ranges vary by more than {cfg.stability_tol:.0%} across calibration subsets "
@@ -366,7 +489,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
                       UserWarning, stacklevel=2)
     spec = {"format": "edgecompress.quant.spec/1", "contract": contract.to_dict(),
             "scale_convention": "q = x * scale (ncnn multiplier)" if contract.convention == "multiply"
-            else "q = x / scale + zero_point", "layers": spec_layers,
+            else "q = x / scale + zero_point", "layers": spec_layers, "tensors": spec_tensors,
+            "residual_points": {"applied": bool(points), "note": graph_note},
             "float_layers": {n: r for n, r in floats.items()}}
     w_sqnr = {}
     for name, q in layers.items():
@@ -374,6 +498,7 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
     return {
         "scheme": contract.act_scheme, "contract": contract.name, "calibration": cfg.calibration,
         "calib_batches": seen, "bn_folded": folded, "unstable_layers": unstable, "sensitivity": sens,
+        "residual_points": {"count": len(points), "note": graph_note},
         "float_layers": spec["float_layers"], "spec": spec,
         "layers": {n: {"act_scale": s["act"]["scale"], "act_zero_point": s["act"]["zero_point"],
                        "act_range": s["act"]["range"], "stability": s["act"]["stability"],

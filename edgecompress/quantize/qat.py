@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from edgecompress.errors import ConfigError
-from edgecompress.quantize.ptq import quant_layers
+from edgecompress.quantize.ptq import act_points, quant_layers
 
 
 def qat_(qmodel: nn.Module, teacher: nn.Module, train_loader, val_loader=None, cfg=None, *,
@@ -36,20 +36,25 @@ def qat_(qmodel: nn.Module, teacher: nn.Module, train_loader, val_loader=None, c
     total = cfg.epochs * len(train_loader)
     if cfg.max_steps is not None:
         total = min(total, cfg.max_steps)
-    for q in layers.values():
+    points = list(act_points(qmodel).values())
+    for q in [*layers.values(), *points]:
         q.ema = ema_momentum if ema_fraction > 0 else None
+    for q in layers.values():
         q.dynamic_weights = True
 
     def on_step(step: int) -> None:
         if step >= ema_fraction * total:
-            for q in layers.values():
+            for q in [*layers.values(), *points]:
                 q.ema = None
 
     try:
         hist = distill_(qmodel, teacher, train_loader, val_loader, cfg, on_step=on_step, log=log)
     finally:
+        for p in points:
+            p.ema = None
         for q in layers.values():
             q.ema, q.dynamic_weights = None, False
             q.refresh_weight_scales()
+            q._sync_input()
         qmodel.eval()
     return hist
