@@ -90,8 +90,23 @@ def export_onnx(model: nn.Module, x: torch.Tensor, path: Path, opset: int, dynam
                 )
             except Exception as e:  # noqa: BLE001
                 raise ExportError(f"torch.onnx.export failed: {e}") from e
+    _strip_debug_metadata(path)
     onnx.checker.check_model(str(path), full_check=True)
     return path
+
+
+def _strip_debug_metadata(path: Path) -> None:
+    """Drop the exporter's per-node debug records (Python stack traces with this machine's paths,
+    FX node dumps); ResNet-20: fp32 1,173,411 -> 1,115,818 bytes, int8 QDQ 426,507 -> 335,431.
+    Nothing reads them at run time; the ``namespace`` record (module path) stays."""
+    import onnx
+
+    model = onnx.load(str(path))
+    for node in model.graph.node:
+        keep = [p for p in node.metadata_props if p.key == "namespace"]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+    onnx.save(model, str(path))
 
 
 class OnnxInt8Exporter(OnnxExporter):
