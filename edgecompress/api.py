@@ -148,7 +148,9 @@ def compress(
     fine-tuning with the original model (or ``teacher``) as teacher, int8 post-training
     quantization simulated in PyTorch under the target's contract, export, re-run of every
     artifact in its runtime against PyTorch, and latency. ``model`` is never modified.
-    Everything is written to a staging folder and moved to ``output_dir`` only on success.
+    Everything is written to a staging folder and moved to ``output_dir`` only on success. Without
+    ``output_dir`` the result stays in a new ``edgecompress-result-*`` folder of the system temp dir
+    (paths in ``res.artifacts``): copy it with ``res.save(dir)``, and delete the folder when done.
 
     ``teacher="assistants"`` with an iterative pruning schedule distils each step from the model as
     it was before that step (a teacher-assistant chain from the original down to the student).
@@ -207,7 +209,10 @@ def compress(
                               f"{type(out).__name__}{tuple(out.shape) if torch.is_tensor(out) else ''}")
 
     stage_parent = out_dir.parent if out_dir is not None else None
-    stage = Path(tempfile.mkdtemp(prefix=".edgecompress-", dir=stage_parent))
+    # staged beside output_dir (hidden until it is complete), or, without one, in a visible folder of
+    # the system temp dir that holds the result (res.artifacts; res.save(dir) copies it elsewhere)
+    stage = Path(tempfile.mkdtemp(prefix=".edgecompress-" if out_dir is not None else "edgecompress-result-",
+                                  dir=stage_parent))
     try:
         result = _run(base, tgt, example_inputs, train_data, val_data, prune_cfg, distill_cfg, quant_cfg,
                       export_cfg, bench_cfg, teacher, validate_samples, progress, stage, reference_models or {})

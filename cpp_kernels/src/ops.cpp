@@ -27,6 +27,7 @@
 #include <string>
 #include <vector>
 
+#include "checks.h"
 #include "kernels.h"
 
 namespace ec {
@@ -119,16 +120,6 @@ std::string set_kernel_isa(std::string isa) {
   return prev;
 }
 
-void check_pair(c10::IntArrayRef v, const char* name, int64_t lo) {
-  TORCH_CHECK(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
-  TORCH_CHECK(v[0] >= lo && v[1] >= lo, name, ": expected values >= ", lo, ", got [", v[0], ", ", v[1], "]");
-}
-
-void check_scale(double s, const char* name) {
-  TORCH_CHECK(std::isfinite(s) && s > 0.0, name, ": expected a finite scale > 0, got ", s,
-              " (a zero or negative scale has no inverse; recalibrate the layer)");
-}
-
 // Small fixed sizes inline (channel counts of stems and narrow layers); the rest is memcpy.
 inline void copy_bytes(uint8_t* d, const uint8_t* s, int64_t n) {
   switch (n) {
@@ -153,7 +144,7 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
   TORCH_CHECK(x.device().is_cpu(), "quantize_u8: x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_u8: x must be float32, got ", x.scalar_type());
-  check_scale(scale, "quantize_u8: scale");
+  checks::scale(scale, "quantize_u8: scale");
   TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "quantize_u8: zero_point must be in [0, 255], got ", zero_point);
   const auto fmt = x.dim() == 4 ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
   const at::Tensor xc = x.contiguous(fmt);
@@ -252,19 +243,9 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
                        double out_scale, int64_t out_zero_point, at::ScalarType out_dtype) {
   // ---- checks ----
   TORCH_CHECK(x.device().is_cpu(), "int8_conv2d: x is on ", x.device(), "; this is the CPU kernel (move x, or pack on that device)");
-  TORCH_CHECK(x.scalar_type() == at::kByte, "int8_conv2d: x must be uint8 codes (quantize_u8 first), got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 4, "int8_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "int8_conv2d: x must be channels_last (NHWC); call x.contiguous(memory_format=torch.channels_last)");
-  TORCH_CHECK(w_packed.device().is_cpu(), "int8_conv2d: w_packed is on ", w_packed.device(), ", x on cpu");
-  check_scale(x_scale, "int8_conv2d: x_scale");
-  TORCH_CHECK(x_zero_point >= 0 && x_zero_point <= 255, "int8_conv2d: x_zero_point must be in [0, 255], got ", x_zero_point);
-  check_pair(kernel_size, "int8_conv2d: kernel_size", 1);
-  check_pair(stride, "int8_conv2d: stride", 1);
-  check_pair(padding, "int8_conv2d: padding", 0);
-  check_pair(dilation, "int8_conv2d: dilation", 1);
-  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
-              "int8_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  checks::u8_nhwc_input(x, x_scale, x_zero_point);
+  checks::same_device(w_packed, x, "int8_conv2d", "w_packed");
+  checks::conv_geometry("int8_conv2d", kernel_size, stride, padding, dilation, activation);
   const PackHeader h = read_header(w_packed);
   TORCH_CHECK(h.format == kFormatCpuK4N16, "int8_conv2d: w_packed was packed for another device (format ", h.format, ")");
   TORCH_CHECK(h.oc == out_channels && h.kh == kernel_size[0] && h.kw == kernel_size[1] && h.groups == groups,
@@ -273,13 +254,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = out_channels;
   TORCH_CHECK(C == int64_t(h.icg) * groups, "int8_conv2d: x has ", C, " channels; the weight expects ",
               int64_t(h.icg) * groups, " (in_channels/groups = ", h.icg, ", groups = ", groups, ")");
-  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.numel() == OC,
-              "int8_conv2d: w_scale must be float32 with one scale per output channel (", OC, "), got ",
-              w_scale.scalar_type(), " ", w_scale.sizes());
-  TORCH_CHECK(w_zero_point.scalar_type() == at::kInt && w_zero_point.dim() == 1 && w_zero_point.numel() == OC,
-              "int8_conv2d: w_zero_point must be int32 with one value per output channel (", OC, "), got ",
-              w_zero_point.scalar_type(), " ", w_zero_point.sizes());
-  TORCH_CHECK(w_scale.device().is_cpu() && w_zero_point.device().is_cpu(), "int8_conv2d: w_scale/w_zero_point must be on the CPU");
+  checks::weight_qparams(w_scale, w_zero_point, OC, x);
   const at::Tensor ws = w_scale.contiguous(), wz = w_zero_point.contiguous();
   const float* wsp = ws.data_ptr<float>();
   const int32_t* wzp = wz.data_ptr<int32_t>();
@@ -290,26 +265,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
     TORCH_CHECK(wzp[o] >= -128 && wzp[o] <= 127, "int8_conv2d: w_zero_point[", o, "] = ", wzp[o], " is outside int8 [-128, 127]");
     any_wzp = any_wzp || wzp[o] != 0;
   }
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == OC && bias->device().is_cpu(),
-                "int8_conv2d: bias must be a float32 CPU vector of ", OC, " values, got ", bias->scalar_type(), " ", bias->sizes());
-    b = bias->contiguous();
-  }
-  int out_kind;
-  if (out_dtype == at::kInt) {
-    out_kind = kOutI32;
-    TORCH_CHECK(!b.defined() && activation == kActNone,
-                "int8_conv2d: out_dtype=int32 returns the raw accumulators; pass bias=None and activation=0");
-  } else if (out_dtype == at::kFloat) {
-    out_kind = kOutF32;
-  } else if (out_dtype == at::kByte) {
-    out_kind = kOutU8;
-    check_scale(out_scale, "int8_conv2d: out_scale");
-    TORCH_CHECK(out_zero_point >= 0 && out_zero_point <= 255, "int8_conv2d: out_zero_point must be in [0, 255], got ", out_zero_point);
-  } else {
-    TORCH_CHECK(false, "int8_conv2d: out_dtype must be torch.uint8 (requantize), torch.float32 (dequantize) or torch.int32, got ", out_dtype);
-  }
+  const at::Tensor b = checks::bias(bias, OC, x, "int8_conv2d");
+  const int out_kind = checks::out_kind(out_dtype, b.defined(), activation, out_scale, out_zero_point);
   const int64_t KH = h.kh, KW = h.kw;
   const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
   const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
@@ -505,22 +462,8 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias, c10::IntArrayRef kernel_size,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t activation) {
   TORCH_CHECK(x.device().is_cpu(), "sparse_conv2d: x is on ", x.device(), "; this is the CPU kernel");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "sparse_conv2d: x must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 4, "sparse_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK(row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 && row_ptr.numel() >= 2,
-              "sparse_conv2d: row_ptr must be 1-D int32 with out_channels + 1 entries (CSR)");
-  TORCH_CHECK(col_idx.scalar_type() == at::kInt && col_idx.dim() == 1, "sparse_conv2d: col_idx must be 1-D int32");
-  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.numel() == col_idx.numel(),
-              "sparse_conv2d: values must be 1-D float32 with one value per col_idx entry (", col_idx.numel(), "), got ",
-              values.scalar_type(), " ", values.sizes());
-  TORCH_CHECK(row_ptr.device().is_cpu() && col_idx.device().is_cpu() && values.device().is_cpu(),
-              "sparse_conv2d: row_ptr/col_idx/values must be CPU tensors");
-  check_pair(kernel_size, "sparse_conv2d: kernel_size", 1);
-  check_pair(stride, "sparse_conv2d: stride", 1);
-  check_pair(padding, "sparse_conv2d: padding", 0);
-  check_pair(dilation, "sparse_conv2d: dilation", 1);
-  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
-              "sparse_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  checks::csr(x, row_ptr, col_idx, values);
+  checks::conv_geometry("sparse_conv2d", kernel_size, stride, padding, dilation, activation);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = row_ptr.numel() - 1;
   const int64_t KH = kernel_size[0], KW = kernel_size[1], K = C * KH * KW;
   const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous(), vals = values.contiguous();
@@ -534,12 +477,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   for (int64_t p = 0; p < nnz; ++p)
     TORCH_CHECK(cip[p] >= 0 && cip[p] < K, "sparse_conv2d: col_idx[", p, "] = ", cip[p], " is outside [0, C*KH*KW = ", K,
                 "); x has ", C, " channels");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == OC && bias->device().is_cpu(),
-                "sparse_conv2d: bias must be a float32 CPU vector of ", OC, " values");
-    b = bias->contiguous();
-  }
+  const at::Tensor b = checks::bias(bias, OC, x, "sparse_conv2d");
   const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
   const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
   TORCH_CHECK(Ho >= 1 && Wo >= 1, "sparse_conv2d: input ", H, "x", W, " is smaller than the dilated kernel");

@@ -11,7 +11,7 @@ from pathlib import Path
 
 CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
 SOURCES = ["ops.cpp", "kernels_ref.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp"]
-HEADERS = ["kernels.h", "cuda/launch.h"]
+HEADERS = ["checks.h", "kernels.h", "cuda/launch.h"]
 CUDA_SOURCES = ["cuda/int8_conv.cu", "cuda/sparse_conv.cu", "cuda/ops_cuda.cpp"]
 
 

@@ -16,28 +16,12 @@
 #include <cmath>
 #include <cstdint>
 
+#include "../checks.h"
 #include "launch.h"
 
 namespace ec {
 namespace cuda {
 namespace {
-
-void check_pair(c10::IntArrayRef v, const char* name, int64_t lo) {
-  TORCH_CHECK(v.size() == 2, name, ": expected 2 values (height, width), got ", v.size());
-  TORCH_CHECK(v[0] >= lo && v[1] >= lo, name, ": expected values >= ", lo, ", got [", v[0], ", ", v[1], "]");
-  TORCH_CHECK(v[0] <= (1 << 20) && v[1] <= (1 << 20), name, ": values above 2^20 are not supported, got [", v[0], ", ",
-              v[1], "]");
-}
-
-void check_scale(double s, const char* name) {
-  TORCH_CHECK(std::isfinite(s) && s > 0.0, name, ": expected a finite scale > 0, got ", s,
-              " (a zero or negative scale has no inverse; recalibrate the layer)");
-}
-
-void check_device(const at::Tensor& t, const at::Tensor& x, const char* op, const char* name) {
-  TORCH_CHECK(t.device() == x.device(), op, ": ", name, " is on ", t.device(), " but x is on ", x.device(),
-              "; move every tensor argument to the same CUDA device");
-}
 
 // floor((in + 2p - d(k-1) - 1) / s) + 1, and 0 when the dilated kernel does not fit
 int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
@@ -56,7 +40,7 @@ cudaStream_t stream() { return at::cuda::getCurrentCUDAStream().stream(); }
 at::Tensor quantize_u8_cuda(const at::Tensor& x, double scale, int64_t zero_point) {
   TORCH_CHECK(x.is_cuda(), "quantize_u8: x must be a CUDA tensor here, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_u8: x must be float32, got ", x.scalar_type());
-  check_scale(scale, "quantize_u8: scale");
+  checks::scale(scale, "quantize_u8: scale");
   TORCH_CHECK(zero_point >= 0 && zero_point <= 255, "quantize_u8: zero_point must be in [0, 255], got ", zero_point);
   const c10::cuda::CUDAGuard guard(x.device());
   const auto fmt = x.dim() == 4 ? x.suggest_memory_format() : at::MemoryFormat::Contiguous;
@@ -106,61 +90,18 @@ at::Tensor int8_conv2d_cuda(const at::Tensor& x, double x_scale, int64_t x_zero_
   TORCH_CHECK(x.is_cuda(), "int8_conv2d: x is on ", x.device(),
               " but another tensor argument is on CUDA; move x, w_packed, w_scale, w_zero_point and bias to the same "
               "device (and pack the weight on that device)");
-  TORCH_CHECK(x.scalar_type() == at::kByte, "int8_conv2d: x must be uint8 codes (quantize_u8 first), got ",
-              x.scalar_type());
-  TORCH_CHECK(x.dim() == 4, "int8_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK(x.is_contiguous(at::MemoryFormat::ChannelsLast),
-              "int8_conv2d: x must be channels_last (NHWC); call x.contiguous(memory_format=torch.channels_last)");
-  check_device(w_packed, x, op, "w_packed");
-  check_scale(x_scale, "int8_conv2d: x_scale");
-  TORCH_CHECK(x_zero_point >= 0 && x_zero_point <= 255, "int8_conv2d: x_zero_point must be in [0, 255], got ",
-              x_zero_point);
-  check_pair(kernel_size, "int8_conv2d: kernel_size", 1);
-  check_pair(stride, "int8_conv2d: stride", 1);
-  check_pair(padding, "int8_conv2d: padding", 0);
-  check_pair(dilation, "int8_conv2d: dilation", 1);
-  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
-              "int8_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  checks::u8_nhwc_input(x, x_scale, x_zero_point);
+  checks::same_device(w_packed, x, op, "w_packed");
+  checks::conv_geometry(op, kernel_size, stride, padding, dilation, activation);
   TORCH_CHECK(w_packed.scalar_type() == at::kChar && w_packed.dim() == 1 && w_packed.is_contiguous() &&
                   w_packed.numel() >= 64,
               "int8_conv2d: w_packed must be the 1-D int8 tensor returned by int8_pack_weight");
   TORCH_CHECK(groups >= 1 && out_channels >= 1 && out_channels % groups == 0 && out_channels < INT32_MAX,
               "int8_conv2d: out_channels (", out_channels, ") must be a positive multiple of groups (", groups, ")");
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = out_channels;
-  TORCH_CHECK(w_scale.scalar_type() == at::kFloat && w_scale.dim() == 1 && w_scale.numel() == OC,
-              "int8_conv2d: w_scale must be float32 with one scale per output channel (", OC, "), got ",
-              w_scale.scalar_type(), " ", w_scale.sizes());
-  TORCH_CHECK(w_zero_point.scalar_type() == at::kInt && w_zero_point.dim() == 1 && w_zero_point.numel() == OC,
-              "int8_conv2d: w_zero_point must be int32 with one value per output channel (", OC, "), got ",
-              w_zero_point.scalar_type(), " ", w_zero_point.sizes());
-  check_device(w_scale, x, op, "w_scale");
-  check_device(w_zero_point, x, op, "w_zero_point");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->dim() == 1 && bias->numel() == OC,
-                "int8_conv2d: bias must be a float32 vector of ", OC, " values, got ", bias->scalar_type(), " ",
-                bias->sizes());
-    check_device(*bias, x, op, "bias");
-    b = bias->contiguous();
-  }
-  int out_kind;
-  if (out_dtype == at::kInt) {
-    out_kind = kOutI32;
-    TORCH_CHECK(!b.defined() && activation == kActNone,
-                "int8_conv2d: out_dtype=int32 returns the raw accumulators; pass bias=None and activation=0");
-  } else if (out_dtype == at::kFloat) {
-    out_kind = kOutF32;
-  } else if (out_dtype == at::kByte) {
-    out_kind = kOutU8;
-    check_scale(out_scale, "int8_conv2d: out_scale");
-    TORCH_CHECK(out_zero_point >= 0 && out_zero_point <= 255, "int8_conv2d: out_zero_point must be in [0, 255], got ",
-                out_zero_point);
-  } else {
-    TORCH_CHECK(false,
-                "int8_conv2d: out_dtype must be torch.uint8 (requantize), torch.float32 (dequantize) or torch.int32, "
-                "got ",
-                out_dtype);
-  }
+  checks::weight_qparams(w_scale, w_zero_point, OC, x);
+  const at::Tensor b = checks::bias(bias, OC, x, op);
+  const int out_kind = checks::out_kind(out_dtype, b.defined(), activation, out_scale, out_zero_point);
   check_spatial(op, H, W, padding);
   const int64_t KH = kernel_size[0], KW = kernel_size[1];
   const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
@@ -269,34 +210,13 @@ at::Tensor sparse_conv2d_cuda(const at::Tensor& x, const at::Tensor& row_ptr, co
   constexpr const char* op = "sparse_conv2d";
   TORCH_CHECK(x.is_cuda(), "sparse_conv2d: x is on ", x.device(),
               " but another tensor argument is on CUDA; move x, row_ptr, col_idx, values and bias to the same device");
-  TORCH_CHECK(x.scalar_type() == at::kFloat, "sparse_conv2d: x must be float32, got ", x.scalar_type());
-  TORCH_CHECK(x.dim() == 4, "sparse_conv2d: x must be 4-D [N, C, H, W], got ", x.dim(), "-D");
-  TORCH_CHECK(row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 && row_ptr.numel() >= 2,
-              "sparse_conv2d: row_ptr must be 1-D int32 with out_channels + 1 entries (CSR)");
-  TORCH_CHECK(col_idx.scalar_type() == at::kInt && col_idx.dim() == 1, "sparse_conv2d: col_idx must be 1-D int32");
-  TORCH_CHECK(values.scalar_type() == at::kFloat && values.dim() == 1 && values.numel() == col_idx.numel(),
-              "sparse_conv2d: values must be 1-D float32 with one value per col_idx entry (", col_idx.numel(),
-              "), got ", values.scalar_type(), " ", values.sizes());
-  check_device(row_ptr, x, op, "row_ptr");
-  check_device(col_idx, x, op, "col_idx");
-  check_device(values, x, op, "values");
-  check_pair(kernel_size, "sparse_conv2d: kernel_size", 1);
-  check_pair(stride, "sparse_conv2d: stride", 1);
-  check_pair(padding, "sparse_conv2d: padding", 0);
-  check_pair(dilation, "sparse_conv2d: dilation", 1);
-  TORCH_CHECK(activation >= kActNone && activation <= kActRelu6,
-              "sparse_conv2d: activation must be 0 (none), 1 (relu) or 2 (relu6), got ", activation);
+  checks::csr(x, row_ptr, col_idx, values);
+  checks::conv_geometry(op, kernel_size, stride, padding, dilation, activation);
   const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = row_ptr.numel() - 1;
   const int64_t KH = kernel_size[0], KW = kernel_size[1], K = C * KH * KW;
   const int64_t nnz = col_idx.numel();
   TORCH_CHECK(nnz < INT32_MAX && OC < INT32_MAX, "sparse_conv2d: too many nonzeros/rows for int32 CSR indices");
-  at::Tensor b;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->numel() == OC,
-                "sparse_conv2d: bias must be a float32 vector of ", OC, " values");
-    check_device(*bias, x, op, "bias");
-    b = bias->contiguous();
-  }
+  const at::Tensor b = checks::bias(bias, OC, x, op);
   check_spatial(op, H, W, padding);
 
   const c10::cuda::CUDAGuard guard(x.device());
