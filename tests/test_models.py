@@ -8,7 +8,7 @@ from edgecompress.models import create_model, list_models
 # ResNet-56 0.85M, ResNet-110 1.7M; option-B projections add a little).
 EXPECTED_PARAMS = {"resnet20": (0.26e6, 0.29e6), "resnet32": (0.46e6, 0.48e6), "resnet56": (0.85e6, 0.87e6),
                    "resnet110": (1.72e6, 1.74e6), "wrn28_10": (36.4e6, 36.6e6), "vgg16": (14.7e6, 14.8e6),
-                   "mobilenetv2": (2.2e6, 2.3e6)}
+                   "mobilenetv2": (2.2e6, 2.3e6), "mobilenetv2_x0_5": (0.69e6, 0.70e6)}
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED_PARAMS))
