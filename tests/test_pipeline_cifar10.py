@@ -21,10 +21,10 @@ def real(cifar10_path):
 
 
 def test_shipped_baseline_accuracy(real):
-    # The shipped checkpoint scores 87.66% (benchmarks/results/baseline); the issue's goal is 88%,
-    # which needs a longer schedule. This guards against regressions of the checkpoint or loader.
+    # The shipped checkpoint (100 epochs, benchmarks/results/baseline/resnet20_baseline100.*) scores
+    # 88.50%; the foundation issue asks for >= 88%. Guards the checkpoint and the loader.
     acc = evaluate(ec.load_pretrained("resnet20"), real[2])
-    assert acc >= 0.875, f"shipped ResNet-20 top-1 {acc:.2%} < 87.5% on the 10,000 test images"
+    assert acc >= 0.88, f"shipped ResNet-20 top-1 {acc:.2%} < 88% on the 10,000 test images"
 
 
 @pytest.mark.parametrize("target", ["onnx", "ncnn"])
