@@ -145,3 +145,13 @@ def test_cli_writes_the_table(artifact_set, tmp_path, capsys):
     assert (out / "bench.md").read_text().startswith("| artifact |")
     assert main(["bench", str(d), "--iters", "0"]) == 2
     assert "iters must be >= 1" in capsys.readouterr().err
+
+
+def test_thread_pool_variables_are_recorded_with_the_measurement(monkeypatch):
+    from edgecompress.bench.harness import _info_line, threading_env
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    env = threading_env()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and "OMP_NUM_THREADS" not in env
+    assert "OMP_WAIT_POLICY=PASSIVE" in _info_line({"host": "h", **env})
