@@ -91,6 +91,17 @@ def test_contract_default_and_config_switch():
         QuantConfig(residual_points="yes")
 
 
+def test_unstable_list_names_a_shared_tensor_once():
+    torch.manual_seed(0)
+    q = create_model("resnet20").eval()
+    with pytest.warns(UserWarning, match="calibration ranges vary"):
+        rep = quantize_(q, QuantConfig(calibration="minmax", calib_batches=4, stability_splits=4, stability_tol=0.0),
+                        _calib(4), target="onnx", progress=False)
+    tied = {n for n, layer in quant_layers(q).items() if layer.input_point is not None}
+    assert tied and not tied & set(rep["unstable_layers"])
+    assert any(":" in n for n in rep["unstable_layers"])  # the points themselves are listed
+
+
 def test_points_follow_deepcopy_state_dict_and_the_float_switch(r20):
     q, _ = r20
     x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(2))

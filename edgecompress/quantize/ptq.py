@@ -481,7 +481,8 @@ def quantize_(model: nn.Module, cfg: QuantConfig, calib_data, *, target: str | N
                            "qmin": contract.act_qmin, "qmax": contract.act_qmax, "range": stats[name]["range"],
                            "method": stats[name]["method"], "stability": stats[name]["stability"],
                            "unstable": stats[name]["unstable"]} for name, p in points.items()}
-    unstable = [n for n, s in stats.items() if s["unstable"]]
+    # a tied layer reads its point's range: the point is listed, not the same tensor twice
+    unstable = [n for n, s in stats.items() if s["unstable"] and "input_point" not in s]
     if unstable:
         warnings.warn(f"calibration ranges vary by more than {cfg.stability_tol:.0%} across calibration subsets "
                       f"for {unstable}; the accuracy may change from one calibration set to the next: use more "
