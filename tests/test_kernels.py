@@ -153,6 +153,12 @@ def test_quantize_u8_matches_reference_half_to_even():
     (1, 8, 12, 12, 8, 3, 1, 2, 2, 0.3),
     (1, 12, 7, 7, 5, 1, 2, 0, 1, 0.0),       # an all-zero weight: bias only
     (1, 4, 5, 67, 3, 3, 1, 0, 1, 1.0),       # dense, width > one vector tile
+    (1, 256, 14, 14, 40, 1, 1, 0, 1, 0.3),   # 1x1, H*W % 16 != 0 (aligned copy), 4 input-channel blocks
+    (1, 96, 8, 8, 24, 1, 1, 0, 1, 0.3),      # 1x1 on the input planes themselves, 2 blocks
+    (2, 64, 20, 20, 16, 3, 1, 1, 1, 0.3),    # stride 1, output through the scratch rows, 2 blocks
+    (1, 48, 21, 17, 12, 3, 2, 1, 1, 0.3),    # stride 2: 4 phases, odd sizes, 2 blocks
+    (1, 8, 23, 23, 6, 5, 3, 2, 2, 0.5),      # stride 3, dilation 2: 9 phases
+    (1, 6, 26, 26, 5, 3, 5, 1, 1, 0.5),      # stride 5: 25 phases > 16, patch matrix
 ])
 def test_sparse_conv_matches_dense(isa, case):
     if isa != "python":
@@ -168,6 +174,52 @@ def test_sparse_conv_matches_dense(isa, case):
         want = F.conv2d(x, weight, bias, s, p, d)
         want = want.clamp_min(0) if act == 1 else (want.clamp(0, 6) if act == 2 else want)
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_conv_rectangular_geometry_and_unsorted_columns():
+    """Different strides / padding / dilation per axis, and a CSR whose columns are not ascending
+    within a row (valid CSR; the plan then reads each row in one block)."""
+    gen = torch.Generator().manual_seed(5)
+    for (kh, kw), st, pad, dil in [((3, 1), (2, 1), (1, 0), (1, 1)), ((1, 3), (1, 2), (0, 2), (1, 2)),
+                                   ((3, 3), (1, 3), (2, 1), (2, 1))]:
+        weight = torch.randn(10, 70, kh, kw, generator=gen) * (torch.rand(10, 70, kh, kw, generator=gen) < 0.4)
+        x, bias = torch.randn(1, 70, 19, 23, generator=gen), torch.randn(10, generator=gen)
+        rp, ci, v = ops.sparse_pack(weight)
+        want = F.conv2d(x, weight, bias, st, pad, dil)
+        torch.testing.assert_close(ops.sparse_conv2d(x, rp, ci, v, bias, (kh, kw), st, pad, dil), want,
+                                   rtol=1e-5, atol=1e-5)
+        perm = torch.cat([torch.randperm(int(rp[i + 1] - rp[i]), generator=gen) + int(rp[i]) for i in range(10)])
+        torch.testing.assert_close(ops.sparse_conv2d(x, rp, ci[perm], v[perm], bias, (kh, kw), st, pad, dil), want,
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_sparse_plan_is_reused_and_checked():
+    from edgecompress.kernels.modules import SparseConv2d
+
+    gen = torch.Generator().manual_seed(6)
+    conv = torch.nn.Conv2d(32, 16, 3, 2, 1).eval()
+    with torch.no_grad():
+        conv.weight.mul_(torch.rand(conv.weight.shape, generator=gen) < 0.2)
+    sp = SparseConv2d.from_conv(conv)
+    with torch.no_grad():
+        for hw in [(15, 15), (15, 15), (8, 12), (15, 15)]:  # two sizes: two plans, each built once
+            x = torch.randn(2, 32, *hw, generator=gen)
+            torch.testing.assert_close(sp(x), conv(x), rtol=1e-5, atol=1e-5)
+    assert len(sp._plans) == 2
+    rp, ci, v = sp.row_ptr, sp.col_idx, sp.values
+    plan = ops.sparse_plan(rp, ci, 32, 15, 15, (3, 3), (2, 2), (1, 1))
+    x = torch.randn(1, 32, 15, 15, generator=gen)
+    torch.testing.assert_close(ops.sparse_conv2d_planned(x, plan, rp, v, None, (3, 3), (2, 2), (1, 1)),
+                               F.conv2d(x, conv.weight, None, 2, 1), rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="plan was built for a 32x15x15 input"):
+        ops.sparse_conv2d_planned(torch.randn(1, 32, 16, 15), plan, rp, v, None, (3, 3), (2, 2), (1, 1))
+    if ops.compiled():
+        with pytest.raises(RuntimeError, match="differ from the plan"):
+            ops.sparse_conv2d_planned(x, plan, rp, v, None, (3, 3), (1, 1), (1, 1))
+        with pytest.raises(RuntimeError, match="not a sparse_plan result"):
+            ops.sparse_conv2d_planned(x, plan[:-1].clone(), rp, v, None, (3, 3), (2, 2), (1, 1))
+        with pytest.raises(RuntimeError, match="col_idx"):
+            ops.sparse_plan(rp, ci, 8, 15, 15, (3, 3), (2, 2), (1, 1))
 
 
 def test_opcheck_all_ops():
@@ -186,6 +238,9 @@ def test_opcheck_all_ops():
     rp, ci, v = ops.sparse_pack(wf)
     torch.library.opcheck(torch.ops.edgecompress.sparse_conv2d,
                           (torch.randn(2, 8, 9, 9), rp, ci, v, torch.randn(16), [3, 3], [1, 1], [1, 1], [1, 1], 1))
+    plan = ops.sparse_plan(rp, ci, 8, 9, 9, (3, 3), (2, 2), (1, 1))
+    torch.library.opcheck(torch.ops.edgecompress.sparse_conv2d_planned,
+                          (torch.randn(2, 8, 9, 9), plan, rp, v, torch.randn(16), [3, 3], [2, 2], [1, 1], [1, 1], 2))
 
 
 def _conv_args(**over):

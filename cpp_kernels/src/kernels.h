@@ -95,17 +95,24 @@ inline float apply_act(float v, int act) {
 }
 
 // ---- sparse fp32 conv (CSR over output channels) -----------------------------------------------
-// out[n][j] = bias[n] + sum_{p in row n} val[p] * src[off[p] + j], for j in [j0, j1); the caller
-// arranges src (the input itself, a padded copy, or an im2col matrix) so each nonzero is one offset.
+// out[n][j] (+)= sum_{p in [rb[n*rs], re[n*rs])} val[p] * src[off[p] + j], for j in [j0, j1); the caller
+// arranges src (the input itself, an aligned copy, its stride phases or a patch matrix) so each nonzero is
+// one offset. rb/re/rs select the nonzeros: a whole CSR row (rb = row_ptr, re = row_ptr + 1, rs = 1) or
+// the part of it in one block of input channels (a per-row block table), so that the blocks' input tile
+// stays in L1. accumulate: start from out instead of 0; finalize: add the bias, apply the activation.
 struct SpmmArgs {
   const float* src;
-  const int32_t* row_ptr;  // [N+1]
-  const int64_t* off;      // [nnz]
+  const int32_t* rb;
+  const int32_t* re;
+  int64_t rs;
+  const int32_t* off;      // [nnz] source offset of each nonzero (floats)
   const float* val;        // [nnz]
   const float* bias;       // [N] or nullptr
   int act;
   float* out;              // row n at out + n * ldo
   int64_t ldo;
+  bool accumulate;
+  bool finalize;
 };
 
 void spmm_ref(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);

@@ -150,11 +150,15 @@ namespace {
 
 template <int NV>
 inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __m256i last) {
-  __m256 a0[NV], a1[NV];
-  for (int v = 0; v < NV; ++v) a0[v] = a1[v] = _mm256_setzero_ps();
   const __m256i full = _mm256_set1_epi32(-1);
-  int32_t p = s.row_ptr[n];
-  const int32_t pe = s.row_ptr[n + 1];
+  float* o = s.out + n * s.ldo + j;
+  __m256 a0[NV], a1[NV];
+  for (int v = 0; v < NV; ++v) {
+    a0[v] = s.accumulate ? _mm256_maskload_ps(o + 8 * v, v == NV - 1 ? last : full) : _mm256_setzero_ps();
+    a1[v] = _mm256_setzero_ps();
+  }
+  int32_t p = s.rb[n * s.rs];
+  const int32_t pe = s.re[n * s.rs];
   for (; p + 2 <= pe; p += 2) {
     const __m256 w0 = _mm256_set1_ps(s.val[p]), w1 = _mm256_set1_ps(s.val[p + 1]);
     const float* x0 = s.src + s.off[p] + j;
@@ -172,11 +176,13 @@ inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __m256i last) {
       a0[v] = _mm256_fmadd_ps(w0, _mm256_maskload_ps(x0 + 8 * v, v == NV - 1 ? last : full), a0[v]);
   }
   const __m256 b = _mm256_set1_ps(s.bias ? s.bias[n] : 0.f);
-  float* o = s.out + n * s.ldo + j;
   for (int v = 0; v < NV; ++v) {
-    __m256 r = _mm256_add_ps(_mm256_add_ps(a0[v], a1[v]), b);
-    if (s.act != kActNone) r = _mm256_max_ps(r, _mm256_setzero_ps());
-    if (s.act == kActRelu6) r = _mm256_min_ps(r, _mm256_set1_ps(6.f));
+    __m256 r = _mm256_add_ps(a0[v], a1[v]);
+    if (s.finalize) {
+      r = _mm256_add_ps(r, b);
+      if (s.act != kActNone) r = _mm256_max_ps(r, _mm256_setzero_ps());
+      if (s.act == kActRelu6) r = _mm256_min_ps(r, _mm256_set1_ps(6.f));
+    }
     _mm256_maskstore_ps(o + 8 * v, v == NV - 1 ? last : full, r);
   }
 }

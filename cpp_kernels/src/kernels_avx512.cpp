@@ -265,23 +265,49 @@ namespace {
 
 // One output row n over up to 128 columns (NV vectors): one accumulator per vector, so NV independent
 // FMA chains per nonzero (8 at full width: the FMA latency x throughput of two ports).
-template <int NV>
+// One output row, NV vectors of 16 columns from column j, the last one masked. The nonzeros are split
+// over U accumulator sets (p % U) so that NV * U >= 8 independent FMA chains hide the FMA latency even
+// on narrow tiles (a 7x7 map is 4 vectors); the sets are summed at the end.
+template <int NV, int U>
 inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __mmask16 last) {
-  __m512 acc[NV];
-  const __m512 b = _mm512_set1_ps(s.bias ? s.bias[n] : 0.f);
-  _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) acc[v] = b;
-  const int32_t pe = s.row_ptr[n + 1];
-  for (int32_t p = s.row_ptr[n]; p < pe; ++p) {
-    const __m512 w = _mm512_set1_ps(s.val[p]);
-    const float* x = s.src + s.off[p] + j;
-    _Pragma("GCC unroll 8") for (int v = 0; v < NV - 1; ++v) acc[v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 16 * v), acc[v]);
-    acc[NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, x + 16 * (NV - 1)), acc[NV - 1]);
-  }
   float* o = s.out + n * s.ldo + j;
+  __m512 acc[U][NV];
+  _Pragma("GCC unroll 8") for (int u = 0; u < U; ++u) _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v)
+      acc[u][v] = _mm512_setzero_ps();
+  if (s.accumulate) {
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV - 1; ++v) acc[0][v] = _mm512_loadu_ps(o + 16 * v);
+    acc[0][NV - 1] = _mm512_maskz_loadu_ps(last, o + 16 * (NV - 1));
+  }
+  const int32_t* off = s.off;
+  const float* val = s.val;
+  const float* src = s.src + j;
+  int32_t p = s.rb[n * s.rs];
+  const int32_t pe = s.re[n * s.rs];
+  for (; p + U <= pe; p += U) {
+    _Pragma("GCC unroll 8") for (int u = 0; u < U; ++u) {
+      const __m512 w = _mm512_set1_ps(val[p + u]);
+      const float* x = src + off[p + u];
+      _Pragma("GCC unroll 8") for (int v = 0; v < NV - 1; ++v)
+          acc[u][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 16 * v), acc[u][v]);
+      acc[u][NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, x + 16 * (NV - 1)), acc[u][NV - 1]);
+    }
+  }
+  for (int u = 0; p < pe; ++p, ++u) {  // the last < U nonzeros, one per set
+    const __m512 w = _mm512_set1_ps(val[p]);
+    const float* x = src + off[p];
+    _Pragma("GCC unroll 8") for (int v = 0; v < NV - 1; ++v)
+        acc[0][v] = _mm512_fmadd_ps(w, _mm512_loadu_ps(x + 16 * v), acc[0][v]);
+    acc[0][NV - 1] = _mm512_fmadd_ps(w, _mm512_maskz_loadu_ps(last, x + 16 * (NV - 1)), acc[0][NV - 1]);
+  }
+  const __m512 b = _mm512_set1_ps(s.bias ? s.bias[n] : 0.f);
   _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
-    __m512 r = acc[v];
-    if (s.act != kActNone) r = _mm512_max_ps(r, _mm512_setzero_ps());
-    if (s.act == kActRelu6) r = _mm512_min_ps(r, _mm512_set1_ps(6.f));
+    __m512 r = acc[0][v];
+    _Pragma("GCC unroll 8") for (int u = 1; u < U; ++u) r = _mm512_add_ps(r, acc[u][v]);
+    if (s.finalize) {
+      r = _mm512_add_ps(r, b);
+      if (s.act != kActNone) r = _mm512_max_ps(r, _mm512_setzero_ps());
+      if (s.act == kActRelu6) r = _mm512_min_ps(r, _mm512_set1_ps(6.f));
+    }
     _mm512_mask_storeu_ps(o + 16 * v, v == NV - 1 ? last : __mmask16(0xFFFF), r);
   }
 }
@@ -295,14 +321,14 @@ void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t 
     const __mmask16 last = mask_for(w - 16 * (nv - 1));
     for (int64_t n = n0; n < n1; ++n) {
       switch (nv) {
-        case 1: spmm_row<1>(s, n, j, last); break;
-        case 2: spmm_row<2>(s, n, j, last); break;
-        case 3: spmm_row<3>(s, n, j, last); break;
-        case 4: spmm_row<4>(s, n, j, last); break;
-        case 5: spmm_row<5>(s, n, j, last); break;
-        case 6: spmm_row<6>(s, n, j, last); break;
-        case 7: spmm_row<7>(s, n, j, last); break;
-        default: spmm_row<8>(s, n, j, last); break;
+        case 1: spmm_row<1, 8>(s, n, j, last); break;
+        case 2: spmm_row<2, 4>(s, n, j, last); break;
+        case 3: spmm_row<3, 3>(s, n, j, last); break;
+        case 4: spmm_row<4, 2>(s, n, j, last); break;
+        case 5: spmm_row<5, 2>(s, n, j, last); break;
+        case 6: spmm_row<6, 2>(s, n, j, last); break;
+        case 7: spmm_row<7, 1>(s, n, j, last); break;
+        default: spmm_row<8, 1>(s, n, j, last); break;
       }
     }
   }

@@ -70,15 +70,17 @@ void dw_ref(const DwArgs& d, int64_t p0, int64_t p1) {
 void spmm_ref(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1) {
   for (int64_t n = n0; n < n1; ++n) {
     float* o = s.out + n * s.ldo;
-    const float b = s.bias ? s.bias[n] : 0.f;
-    for (int64_t j = j0; j < j1; ++j) o[j] = b;
-    for (int32_t p = s.row_ptr[n]; p < s.row_ptr[n + 1]; ++p) {
+    if (!s.accumulate)
+      for (int64_t j = j0; j < j1; ++j) o[j] = 0.f;
+    for (int32_t p = s.rb[n * s.rs]; p < s.re[n * s.rs]; ++p) {
       const float v = s.val[p];
       const float* x = s.src + s.off[p];
       for (int64_t j = j0; j < j1; ++j) o[j] += v * x[j];
     }
-    if (s.act != kActNone)
-      for (int64_t j = j0; j < j1; ++j) o[j] = apply_act(o[j], s.act);
+    if (s.finalize) {
+      const float b = s.bias ? s.bias[n] : 0.f;
+      for (int64_t j = j0; j < j1; ++j) o[j] = apply_act(o[j] + b, s.act);
+    }
   }
 }
 

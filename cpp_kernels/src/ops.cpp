@@ -13,6 +13,11 @@
 //   sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias,
 //                 int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
 //                 int activation) -> Tensor
+//   sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width,
+//               int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor
+//   sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias,
+//                         int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
+//                         int activation) -> Tensor     (sparse_conv2d = sparse_plan + this)
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
@@ -458,120 +463,349 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
 }
 
 // ---------------------------------------------------------------------------------------------------
+// Sparse fp32 conv. A plan (built once per weight and input size, cached by SparseConv2d) holds how the
+// input is laid out for the SpMM and the source offset of every nonzero, so a call does no per-nonzero
+// work besides the multiply-adds. Plan = int32 tensor [kSpHeader ints of SpPlan][nnz offsets][block table].
+constexpr int32_t kSpMagic = 0x50535045;  // "EPSP"
+constexpr int32_t kSpVersion = 1;
+constexpr int64_t kSpHeader = 64;
+// Source layouts. Every pitch is a multiple of 16 floats, so with 64-byte aligned buffers the
+// column tiles (multiples of 16) start on cache lines: a 64-byte load that straddles two lines costs
+// two (measured 2x on 7x7 maps).
+enum SpMode : int32_t {
+  kSpDirect = 0,  // 1x1, stride 1, H*W % 16 == 0: the input planes themselves
+  kSpCopy = 1,    // 1x1, stride 1: the planes copied to an aligned pitch
+  kSpPhased = 2,  // the zero-padded input split into its stride phases (phase (a, b) = rows a, a + sh, ...,
+                  // columns b, b + sw, ...; only the phases some tap reads), each plane Hq x Wq. Output
+                  // pixel (oh, ow) is column oh * Wq + ow, and tap (kh, kw) reads phase
+                  // ((kh*dh) % sh, (kw*dw) % sw) at a constant offset, so the conv is one SpMM with no
+                  // patch matrix. The Wq - Wo extra columns per output row are computed and dropped.
+  kSpIm2col = 3,  // more than kSpMaxPhases phases (strides above 4): a patch matrix [C*KH*KW][pitch]
+};
+constexpr int kSpMaxPhases = 16;
+
+struct SpPlan {
+  int32_t magic, version, mode, c, h, w, oc, kh, kw, sh, sw, ph, pw, dh, dw, nnz;
+  int32_t ho, wo, j, pitch, hq, wq, nph, src_len, ldo, use_tmp;
+  int32_t nq, cc;  // input channels in blocks of cc (nq blocks); nq > 1: a [OC][nq + 1] block table follows
+  int32_t reserved[4];
+  int32_t phase[2 * kSpMaxPhases];  // (a, b) of the phases copied, in source order
+};
+static_assert(sizeof(SpPlan) == kSpHeader * 4, "sparse plan header is 64 int32");
+
+int64_t round16(int64_t v) { return (v + 15) / 16 * 16; }
+
+at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
+                       int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                       c10::IntArrayRef dilation) {
+  checks::conv_geometry(op, kernel_size, stride, padding, dilation, 0);
+  TORCH_CHECK(row_ptr.device().is_cpu() && col_idx.device().is_cpu(),
+              op, ": row_ptr and col_idx must be CPU tensors (plans are for the CPU kernel)");
+  TORCH_CHECK(row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 && row_ptr.numel() >= 2,
+              op, ": row_ptr must be 1-D int32 with out_channels + 1 entries (CSR)");
+  TORCH_CHECK(col_idx.scalar_type() == at::kInt && col_idx.dim() == 1, op, ": col_idx must be 1-D int32");
+  TORCH_CHECK(in_channels >= 1 && height >= 1 && width >= 1, op, ": in_channels, height and width must be >= 1, got ",
+              in_channels, ", ", height, ", ", width);
+  const int64_t C = in_channels, H = height, W = width, OC = row_ptr.numel() - 1;
+  const int64_t KH = kernel_size[0], KW = kernel_size[1], K = C * KH * KW;
+  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous();
+  const int32_t* rpp = rp.data_ptr<int32_t>();
+  const int32_t* cip = ci.data_ptr<int32_t>();
+  const int64_t nnz = ci.numel();
+  TORCH_CHECK(rpp[0] == 0 && rpp[OC] == nnz, op, ": row_ptr must start at 0 and end at nnz (", nnz, "), got ",
+              rpp[0], " .. ", rpp[OC]);
+  for (int64_t n = 0; n < OC; ++n)
+    TORCH_CHECK(rpp[n] <= rpp[n + 1], op, ": row_ptr must be non-decreasing (row ", n, ")");
+  for (int64_t p = 0; p < nnz; ++p)
+    TORCH_CHECK(cip[p] >= 0 && cip[p] < K, op, ": col_idx[", p, "] = ", cip[p], " is outside [0, C*KH*KW = ", K,
+                "); x has ", C, " channels");
+  const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
+  const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
+  TORCH_CHECK(Ho >= 1 && Wo >= 1, op, ": input ", H, "x", W, " is smaller than the dilated kernel");
+  const bool pointwise = KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
+  SpPlan h{};
+  h.magic = kSpMagic;
+  h.version = kSpVersion;
+  h.c = int32_t(C), h.h = int32_t(H), h.w = int32_t(W), h.oc = int32_t(OC), h.kh = int32_t(KH), h.kw = int32_t(KW);
+  h.sh = int32_t(stride[0]), h.sw = int32_t(stride[1]), h.ph = int32_t(padding[0]), h.pw = int32_t(padding[1]);
+  h.dh = int32_t(dilation[0]), h.dw = int32_t(dilation[1]), h.nnz = int32_t(nnz), h.ho = int32_t(Ho), h.wo = int32_t(Wo);
+  const int64_t Hp = H + 2 * padding[0], Wp = W + 2 * padding[1];
+  int64_t src_len = 0;
+  std::vector<int64_t> koff(static_cast<size_t>(K));
+  if (pointwise) {
+    h.mode = (H * W) % 16 == 0 ? kSpDirect : kSpCopy;
+    h.j = int32_t(H * W);
+    h.pitch = int32_t(h.mode == kSpDirect ? H * W : round16(H * W));
+    h.ldo = int32_t(H * W);
+    src_len = h.mode == kSpDirect ? 0 : C * h.pitch;
+    for (int64_t k = 0; k < K; ++k) koff[k] = k * h.pitch;
+  } else {
+    const int64_t sh = stride[0], sw = stride[1], dh = dilation[0], dw = dilation[1];
+    int phase_id[kSpMaxPhases] = {};
+    int nph = 0;
+    bool phased = sh * sw <= kSpMaxPhases;
+    if (phased) {
+      std::fill(phase_id, phase_id + kSpMaxPhases, -1);
+      for (int64_t kh = 0; kh < KH; ++kh)
+        for (int64_t kw = 0; kw < KW; ++kw) {
+          const int64_t a = (kh * dh) % sh, b = (kw * dw) % sw;
+          if (phase_id[a * sw + b] < 0) {
+            phase_id[a * sw + b] = nph;
+            h.phase[2 * nph] = int32_t(a), h.phase[2 * nph + 1] = int32_t(b);
+            ++nph;
+          }
+        }
+    }
+    if (phased) {
+      const int64_t Hq = (Hp + sh - 1) / sh, Wq = (Wp + sw - 1) / sw;
+      h.mode = kSpPhased;
+      h.hq = int32_t(Hq), h.wq = int32_t(Wq), h.nph = nph;
+      h.j = int32_t(Ho * Wq);
+      // the junk columns of the last output row run up to (KW-1)*dw/sw past the plane
+      h.pitch = int32_t(round16(Hq * Wq + (KW - 1) * dw / sw + 1));
+      h.ldo = int32_t(round16(h.j));
+      h.use_tmp = Wq != Wo ? 1 : 0;
+      if (!h.use_tmp) h.ldo = h.j;
+      src_len = C * nph * h.pitch + 64;  // + a column tile's masked over-read
+      for (int64_t k = 0; k < K; ++k) {
+        const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
+        const int64_t id = phase_id[((kh * dh) % sh) * sw + (kw * dw) % sw];
+        koff[k] = (c * nph + id) * h.pitch + (kh * dh / sh) * Wq + kw * dw / sw;
+      }
+    } else {
+      h.mode = kSpIm2col;
+      h.j = int32_t(Ho * Wo);
+      h.pitch = int32_t(round16(Ho * Wo));
+      h.ldo = int32_t(Ho * Wo);
+      src_len = K * h.pitch;
+      for (int64_t k = 0; k < K; ++k) koff[k] = k * h.pitch;
+    }
+  }
+  TORCH_CHECK(src_len < (int64_t(1) << 31) && int64_t(h.ldo) * OC < (int64_t(1) << 31),
+              op, ": the ", C, "x", H, "x", W, " input is too large for 32-bit offsets; split the batch or the layer");
+  h.src_len = int32_t(src_len);
+  // Input-channel blocks: a 128-column tile of every channel the block reads should fit in L1 (32 of
+  // its 48 KiB), else each nonzero's loads come from L2 (measured 2-3x slower on 3x3 and wide 1x1
+  // layers). Needs columns ascending within each row (sparse_pack's order); otherwise one block.
+  const int64_t tile = std::min<int64_t>(128, round16(h.j));
+  int64_t span = 0, reads = 1;
+  if (h.mode == kSpPhased) {
+    span = (KH - 1) * dilation[0] / stride[0] * h.wq + (KW - 1) * dilation[1] / stride[1];
+    reads = h.nph;
+  } else if (h.mode == kSpIm2col) {
+    reads = KH * KW;
+  }
+  const int64_t bytes_per_channel = reads * (tile + span) * 4;
+  int64_t cc = std::max<int64_t>(4, 32768 / bytes_per_channel);
+  bool sorted = true;
+  for (int64_t n = 0; n < OC && sorted; ++n)
+    for (int64_t p = rpp[n] + 1; p < rpp[n + 1]; ++p)
+      if (cip[p] <= cip[p - 1]) {
+        sorted = false;
+        break;
+      }
+  if (!sorted || cc >= C) cc = C;
+  const int64_t nq = (C + cc - 1) / cc;
+  h.nq = int32_t(nq), h.cc = int32_t(cc);
+  const int64_t table = nq > 1 ? OC * (nq + 1) : 0;
+  at::Tensor plan = at::empty({kSpHeader + nnz + table}, rp.options().dtype(at::kInt));
+  int32_t* pp = plan.data_ptr<int32_t>();
+  std::memcpy(pp, &h, sizeof(h));
+  for (int64_t p = 0; p < nnz; ++p) pp[kSpHeader + p] = int32_t(koff[cip[p]]);
+  if (nq > 1) {
+    int32_t* tb = pp + kSpHeader + nnz;
+    const int64_t cols_per_block = cc * KH * KW;
+    for (int64_t n = 0; n < OC; ++n) {
+      int32_t p = rpp[n];
+      for (int64_t q = 0; q < nq; ++q) {
+        tb[n * (nq + 1) + q] = p;
+        while (p < rpp[n + 1] && cip[p] < (q + 1) * cols_per_block) ++p;
+      }
+      tb[n * (nq + 1) + nq] = rpp[n + 1];
+    }
+  }
+  return plan;
+}
+
+at::Tensor sparse_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
+                       int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                       c10::IntArrayRef dilation) {
+  return build_plan("sparse_plan", row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation);
+}
+
+const SpPlan& plan_header(const at::Tensor& plan) {
+  TORCH_CHECK(plan.device().is_cpu() && plan.scalar_type() == at::kInt && plan.dim() == 1 && plan.numel() >= kSpHeader &&
+                  plan.is_contiguous(),
+              "sparse_conv2d_planned: plan must be the 1-D int32 CPU tensor sparse_plan returns");
+  const SpPlan& h = *reinterpret_cast<const SpPlan*>(plan.data_ptr<int32_t>());
+  TORCH_CHECK(h.magic == kSpMagic && h.version == kSpVersion && h.nq >= 1 &&
+                  plan.numel() == kSpHeader + h.nnz + (h.nq > 1 ? int64_t(h.oc) * (h.nq + 1) : 0),
+              "sparse_conv2d_planned: plan is not a sparse_plan result of this build (rebuild it with sparse_plan)");
+  return h;
+}
+
+at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, const at::Tensor& row_ptr,
+                                 const at::Tensor& values, const c10::optional<at::Tensor>& bias,
+                                 c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
+                                 c10::IntArrayRef dilation, int64_t activation) {
+  TORCH_CHECK(x.device().is_cpu(), "sparse_conv2d_planned: x is on ", x.device(), "; this is the CPU kernel");
+  TORCH_CHECK(x.scalar_type() == at::kFloat && x.dim() == 4, "sparse_conv2d_planned: x must be 4-D float32 [N, C, H, W], got ",
+              x.scalar_type(), " ", x.sizes());
+  checks::conv_geometry("sparse_conv2d_planned", kernel_size, stride, padding, dilation, activation);
+  const SpPlan& h = plan_header(plan);
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  TORCH_CHECK(C == h.c && H == h.h && W == h.w, "sparse_conv2d_planned: the plan was built for a ", h.c, "x", h.h, "x",
+              h.w, " input, x is ", C, "x", H, "x", W, "; build one for this size with sparse_plan");
+  TORCH_CHECK(kernel_size[0] == h.kh && kernel_size[1] == h.kw && stride[0] == h.sh && stride[1] == h.sw &&
+                  padding[0] == h.ph && padding[1] == h.pw && dilation[0] == h.dh && dilation[1] == h.dw,
+              "sparse_conv2d_planned: kernel_size/stride/padding/dilation differ from the plan's");
+  TORCH_CHECK(row_ptr.device().is_cpu() && row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 &&
+                  row_ptr.numel() == h.oc + 1,
+              "sparse_conv2d_planned: row_ptr must be the 1-D int32 CPU tensor the plan was built from (", h.oc + 1,
+              " entries)");
+  TORCH_CHECK(values.device().is_cpu() && values.scalar_type() == at::kFloat && values.dim() == 1 &&
+                  values.numel() == h.nnz,
+              "sparse_conv2d_planned: values must be 1-D float32 with the plan's ", h.nnz, " nonzeros, got ",
+              values.scalar_type(), " ", values.sizes());
+  const at::Tensor rp = row_ptr.contiguous(), vals = values.contiguous();
+  const int32_t* rpp = rp.data_ptr<int32_t>();
+  const int64_t OC = h.oc;
+  TORCH_CHECK(rpp[0] == 0 && rpp[OC] == h.nnz, "sparse_conv2d_planned: row_ptr does not match the plan (nnz ", h.nnz, ")");
+  for (int64_t n = 0; n < OC; ++n)  // O(OC): a row_ptr that is not the plan's cannot send the kernel outside the plan
+    TORCH_CHECK(rpp[n] <= rpp[n + 1], "sparse_conv2d_planned: row_ptr must be non-decreasing (row ", n, ")");
+  const at::Tensor b = checks::bias(bias, OC, x, "sparse_conv2d_planned");
+  const int64_t Ho = h.ho, Wo = h.wo, KH = h.kh, KW = h.kw, J = h.j, pitch = h.pitch;
+  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options());
+  const at::Tensor xc = x.contiguous();
+  const int isa = current_isa();
+  // scratch without zero-filling (every element read is written first): torch's allocator (64-byte
+  // aligned), as a std::vector's value-initialisation would add a full memset per call
+  at::Tensor src_t = at::empty({h.src_len}, x.options());
+  at::Tensor tmp_t = at::empty({h.use_tmp ? OC * h.ldo : 0}, x.options());
+  float* const src_buf = src_t.data_ptr<float>();
+  float* const tmp = tmp_t.data_ptr<float>();
+  const int32_t* off = plan.data_ptr<int32_t>() + kSpHeader;
+  const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
+  const int64_t j_tiles = (J + jt - 1) / jt;
+  const int64_t threads = at::get_num_threads();
+  // Tasks: blocks of output channels x column ranges, about 8 per thread. Inside a task the kernel
+  // walks column tiles and, per tile, the block's rows: the input tile and the block's output rows stay
+  // in L1/L2 (a long channel loop per tile lets the output stream evict the input tile).
+  const int64_t n_per = std::min<int64_t>(32, OC);
+  const int64_t n_chunks = (OC + n_per - 1) / n_per;
+  const int64_t j_per_task = jt * std::max<int64_t>(1, j_tiles * n_chunks / (8 * threads) / n_chunks);
+  const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
+  for (int64_t img = 0; img < N; ++img) {
+    const float* xi = xc.data_ptr<float>() + img * C * H * W;
+    const float* src = xi;
+    if (h.mode == kSpCopy) {
+      at::parallel_for(0, C, 16, [&](int64_t c0, int64_t c1) {
+        for (int64_t c = c0; c < c1; ++c) {
+          std::memcpy(src_buf + c * pitch, xi + c * H * W, size_t(H * W) * 4);
+          std::memset(src_buf + c * pitch + H * W, 0, size_t(pitch - H * W) * 4);
+        }
+      });
+      src = src_buf;
+    } else if (h.mode == kSpPhased) {
+      const int64_t Hq = h.hq, Wq = h.wq, nph = h.nph, sh = h.sh, sw = h.sw, ph = h.ph, pw = h.pw;
+      at::parallel_for(0, C * nph, 4, [&](int64_t q0, int64_t q1) {
+        for (int64_t q = q0; q < q1; ++q) {
+          const int64_t c = q / nph, a = h.phase[2 * (q % nph)], bb = h.phase[2 * (q % nph) + 1];
+          float* plane = src_buf + q * pitch;
+          // columns x of this phase read padded column x*sw + bb, i.e. input column x*sw + bb - pw
+          const int64_t x_lo = std::min<int64_t>(Wq, std::max<int64_t>(0, (pw - bb + sw - 1) / sw));
+          const int64_t x_hi = std::max<int64_t>(x_lo, std::min<int64_t>(Wq, (W + pw - bb + sw - 1) / sw));
+          for (int64_t y = 0; y < Hq; ++y) {
+            float* row = plane + y * Wq;
+            const int64_t iy = y * sh + a - ph;
+            if (iy < 0 || iy >= H) {
+              std::memset(row, 0, size_t(Wq) * 4);
+              continue;
+            }
+            const float* xr = xi + (c * H + iy) * W;  // phase column xx = input column xx*sw + bb - pw
+            std::memset(row, 0, size_t(x_lo) * 4);
+            if (x_hi > x_lo) {
+              const float* x0 = xr + (x_lo * sw + bb - pw);
+              if (sw == 1) {
+                std::memcpy(row + x_lo, x0, size_t(x_hi - x_lo) * 4);
+              } else {
+                for (int64_t xx = 0; xx < x_hi - x_lo; ++xx) row[x_lo + xx] = x0[xx * sw];
+              }
+            }
+            std::memset(row + x_hi, 0, size_t(Wq - x_hi) * 4);
+          }
+          std::memset(plane + Hq * Wq, 0, size_t(pitch - Hq * Wq) * 4);
+        }
+      });
+      std::memset(src_buf + C * nph * pitch, 0, size_t(h.src_len - C * nph * pitch) * 4);
+      src = src_buf;
+    } else if (h.mode == kSpIm2col) {
+      const int64_t K = C * KH * KW;
+      at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
+        for (int64_t k = k0; k < k1; ++k) {
+          const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
+          float* row = src_buf + k * pitch;
+          for (int64_t oh = 0; oh < Ho; ++oh) {
+            const int64_t ih = oh * h.sh - h.ph + kh * h.dh;
+            float* o = row + oh * Wo;
+            if (ih < 0 || ih >= H) {
+              std::memset(o, 0, size_t(Wo) * 4);
+              continue;
+            }
+            const float* xr = xi + (c * H + ih) * W;
+            for (int64_t ow = 0; ow < Wo; ++ow) {
+              const int64_t iw = ow * h.sw - h.pw + kw * h.dw;
+              o[ow] = (iw < 0 || iw >= W) ? 0.f : xr[iw];
+            }
+          }
+          std::memset(row + Ho * Wo, 0, size_t(pitch - Ho * Wo) * 4);
+        }
+      });
+      src = src_buf;
+    }
+    float* dst = h.use_tmp ? tmp : out.data_ptr<float>() + img * OC * Ho * Wo;
+    const int64_t nq = h.nq;
+    const int32_t* tb = nq > 1 ? off + h.nnz : nullptr;
+    at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
+      SpmmArgs sa{src, nq > 1 ? tb : rpp, nq > 1 ? tb + 1 : rpp + 1, nq > 1 ? nq + 1 : 1, off, vals.data_ptr<float>(),
+                  b.defined() ? b.data_ptr<float>() : nullptr, int(activation), dst, h.ldo, false, true};
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t n0 = (t / j_chunks) * n_per, n1 = std::min(OC, n0 + n_per);
+        const int64_t j0 = (t % j_chunks) * j_per_task, j1 = std::min(J, j0 + j_per_task);
+        for (int64_t j = j0; j < j1; j += (nq > 1 ? jt : j1 - j0)) {
+          const int64_t je = nq > 1 ? std::min(j1, j + jt) : j1;
+          for (int64_t q = 0; q < nq; ++q) {
+            if (nq > 1) sa.rb = tb + q, sa.re = tb + q + 1;
+            sa.accumulate = q > 0;
+            sa.finalize = q == nq - 1;
+            if (isa >= kIsaAvx512Vnni) spmm_avx512(sa, n0, n1, j, je);
+            else if (isa == kIsaAvx2) spmm_avx2(sa, n0, n1, j, je);
+            else spmm_ref(sa, n0, n1, j, je);
+          }
+        }
+      }
+    });
+    if (h.use_tmp) {
+      float* o = out.data_ptr<float>() + img * OC * Ho * Wo;
+      at::parallel_for(0, OC, 16, [&](int64_t n0, int64_t n1) {
+        for (int64_t n = n0; n < n1; ++n)
+          for (int64_t y = 0; y < Ho; ++y) std::memcpy(o + (n * Ho + y) * Wo, tmp + n * h.ldo + y * h.wq, size_t(Wo) * 4);
+      });
+    }
+  }
+  return out;
+}
+
 at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const at::Tensor& col_idx,
                          const at::Tensor& values, const c10::optional<at::Tensor>& bias, c10::IntArrayRef kernel_size,
                          c10::IntArrayRef stride, c10::IntArrayRef padding, c10::IntArrayRef dilation, int64_t activation) {
   TORCH_CHECK(x.device().is_cpu(), "sparse_conv2d: x is on ", x.device(), "; this is the CPU kernel");
   checks::csr(x, row_ptr, col_idx, values);
   checks::conv_geometry("sparse_conv2d", kernel_size, stride, padding, dilation, activation);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3), OC = row_ptr.numel() - 1;
-  const int64_t KH = kernel_size[0], KW = kernel_size[1], K = C * KH * KW;
-  const at::Tensor rp = row_ptr.contiguous(), ci = col_idx.contiguous(), vals = values.contiguous();
-  const int32_t* rpp = rp.data_ptr<int32_t>();
-  const int32_t* cip = ci.data_ptr<int32_t>();
-  const int64_t nnz = ci.numel();
-  TORCH_CHECK(rpp[0] == 0 && rpp[OC] == nnz, "sparse_conv2d: row_ptr must start at 0 and end at nnz (", nnz, "), got ",
-              rpp[0], " .. ", rpp[OC]);
-  for (int64_t n = 0; n < OC; ++n)
-    TORCH_CHECK(rpp[n] <= rpp[n + 1], "sparse_conv2d: row_ptr must be non-decreasing (row ", n, ")");
-  for (int64_t p = 0; p < nnz; ++p)
-    TORCH_CHECK(cip[p] >= 0 && cip[p] < K, "sparse_conv2d: col_idx[", p, "] = ", cip[p], " is outside [0, C*KH*KW = ", K,
-                "); x has ", C, " channels");
-  const at::Tensor b = checks::bias(bias, OC, x, "sparse_conv2d");
-  const int64_t Ho = out_size(H, KH, stride[0], padding[0], dilation[0]);
-  const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
-  TORCH_CHECK(Ho >= 1 && Wo >= 1, "sparse_conv2d: input ", H, "x", W, " is smaller than the dilated kernel");
-  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options());
-  const at::Tensor xc = x.contiguous();
-  const int isa = current_isa();
-  const bool pointwise = KH == 1 && KW == 1 && stride[0] == 1 && stride[1] == 1 && padding[0] == 0 && padding[1] == 0;
-  const bool unit_stride = stride[0] == 1 && stride[1] == 1;
-  // source layout: pointwise -> x itself; stride 1 -> a zero-padded copy read with row pitch Wp (the
-  // Wp - Wo extra columns per row are computed and dropped); otherwise an im2col matrix [K][Ho*Wo].
-  const int64_t Hp = H + 2 * padding[0], Wp = W + 2 * padding[1];
-  const int64_t J = pointwise ? H * W : (unit_stride ? Ho * Wp : Ho * Wo);
-  // source offset of every reduction index k (K divisions), then of every nonzero (a table lookup)
-  std::vector<int64_t> koff(static_cast<size_t>(K));
-  for (int64_t k = 0; k < K; ++k) {
-    const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
-    koff[k] = pointwise ? c * H * W : (unit_stride ? c * Hp * Wp + kh * dilation[0] * Wp + kw * dilation[1] : k * J);
-  }
-  std::vector<int64_t> off(static_cast<size_t>(nnz));
-  for (int64_t p = 0; p < nnz; ++p) off[p] = koff[cip[p]];
-  // scratch without zero-filling (every element read is written first): torch's allocator, as a
-  // std::vector's value-initialisation would add a full memset per call
-  const int64_t src_len = pointwise ? 0 : (unit_stride ? C * Hp * Wp + (KW - 1) * dilation[1] + 64 : K * J);
-  at::Tensor src_t = at::empty({src_len}, x.options());
-  at::Tensor tmp_t = at::empty({(!pointwise && unit_stride) ? OC * J : 0}, x.options());
-  float* const src_buf = src_t.data_ptr<float>();
-  float* const tmp = tmp_t.data_ptr<float>();
-  const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
-  const int64_t j_tiles = (J + jt - 1) / jt;
-  const int64_t threads = at::get_num_threads();
-  // Tasks: blocks of <= 32 output channels x column ranges. Inside a task the kernel walks column
-  // tiles and, per tile, the block's rows: the input tile and the block's output rows stay in L1
-  // (a long channel loop per tile lets the output stream evict the input tile).
-  const int64_t n_per = std::min<int64_t>(32, OC);
-  const int64_t n_chunks = (OC + n_per - 1) / n_per;
-  const int64_t j_per_task = jt * std::max<int64_t>(1, (j_tiles * n_chunks) / (8 * threads) / std::max<int64_t>(n_chunks, 1));
-  const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
-  for (int64_t img = 0; img < N; ++img) {
-    const float* xi = xc.data_ptr<float>() + img * C * H * W;
-    const float* src = xi;
-    if (!pointwise && unit_stride) {
-      float* s = src_buf;
-      at::parallel_for(0, C, 8, [&](int64_t c0, int64_t c1) {
-        for (int64_t c = c0; c < c1; ++c) {
-          float* plane = s + c * Hp * Wp;
-          std::memset(plane, 0, size_t(padding[0] * Wp) * 4);
-          std::memset(plane + (padding[0] + H) * Wp, 0, size_t(padding[0] * Wp) * 4);
-          for (int64_t y = 0; y < H; ++y) {
-            float* row = plane + (y + padding[0]) * Wp;
-            std::memset(row, 0, size_t(padding[1]) * 4);
-            std::memcpy(row + padding[1], xi + (c * H + y) * W, size_t(W) * 4);
-            std::memset(row + padding[1] + W, 0, size_t(padding[1]) * 4);
-          }
-        }
-      });
-      std::memset(s + C * Hp * Wp, 0, size_t(src_len - C * Hp * Wp) * 4);  // over-read tail
-      src = s;
-    } else if (!pointwise) {
-      float* s = src_buf;
-      at::parallel_for(0, K, 8, [&](int64_t k0, int64_t k1) {
-        for (int64_t k = k0; k < k1; ++k) {
-          const int64_t c = k / (KH * KW), t = k % (KH * KW), kh = t / KW, kw = t % KW;
-          for (int64_t oh = 0; oh < Ho; ++oh) {
-            const int64_t ih = oh * stride[0] - padding[0] + kh * dilation[0];
-            for (int64_t ow = 0; ow < Wo; ++ow) {
-              const int64_t iw = ow * stride[1] - padding[1] + kw * dilation[1];
-              s[k * J + oh * Wo + ow] = (ih < 0 || ih >= H || iw < 0 || iw >= W) ? 0.f : xi[(c * H + ih) * W + iw];
-            }
-          }
-        }
-      });
-      src = s;
-    }
-    float* dst = (!pointwise && unit_stride) ? tmp : out.data_ptr<float>() + img * OC * Ho * Wo;
-    SpmmArgs sa{src, rpp, off.data(), vals.data_ptr<float>(), b.defined() ? b.data_ptr<float>() : nullptr,
-                int(activation), dst, J};
-    at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
-      for (int64_t t = t0; t < t1; ++t) {
-        const int64_t n0 = (t / j_chunks) * n_per, n1 = std::min(OC, n0 + n_per);
-        const int64_t j0 = (t % j_chunks) * j_per_task, j1 = std::min(J, j0 + j_per_task);
-        if (isa >= kIsaAvx512Vnni) spmm_avx512(sa, n0, n1, j0, j1);
-        else if (isa == kIsaAvx2) spmm_avx2(sa, n0, n1, j0, j1);
-        else spmm_ref(sa, n0, n1, j0, j1);
-      }
-    });
-    if (!pointwise && unit_stride) {
-      float* o = out.data_ptr<float>() + img * OC * Ho * Wo;
-      at::parallel_for(0, OC, 16, [&](int64_t n0, int64_t n1) {
-        for (int64_t n = n0; n < n1; ++n)
-          for (int64_t y = 0; y < Ho; ++y) std::memcpy(o + (n * Ho + y) * Wo, tmp + n * J + y * Wp, size_t(Wo) * 4);
-      });
-    }
-  }
-  return out;
+  checks::bias(bias, row_ptr.numel() - 1, x, "sparse_conv2d");
+  const at::Tensor plan =
+      build_plan("sparse_conv2d", row_ptr, col_idx, x.size(1), x.size(2), x.size(3), kernel_size, stride, padding, dilation);
+  return sparse_conv2d_planned(x, plan, row_ptr, values, bias, kernel_size, stride, padding, dilation, activation);
 }
 
 }  // namespace
@@ -589,6 +823,12 @@ TORCH_LIBRARY(edgecompress, m) {
   m.def(
       "sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias, int[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");
+  m.def(
+      "sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+  m.def(
+      "sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias, int[2] kernel_size, "
+      "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");
   m.impl("kernel_isa", &ec::kernel_isa);
   m.impl("set_kernel_isa", &ec::set_kernel_isa);
 }
@@ -598,4 +838,6 @@ TORCH_LIBRARY_IMPL(edgecompress, CPU, m) {
   m.impl("int8_pack_weight", &ec::int8_pack_weight);
   m.impl("int8_conv2d", &ec::int8_conv2d);
   m.impl("sparse_conv2d", &ec::sparse_conv2d);
+  m.impl("sparse_plan", &ec::sparse_plan);
+  m.impl("sparse_conv2d_planned", &ec::sparse_conv2d_planned);
 }

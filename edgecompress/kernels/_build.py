@@ -9,7 +9,10 @@ import os
 import warnings
 from pathlib import Path
 
-CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno"]
+# -fopenmp: at::parallel_for is a header template that runs its body through `#pragma omp parallel`
+# (torch's CPU build uses OpenMP); compiled without it, every op of this library runs on one thread.
+CFLAGS = ["-O3", "-ffp-contract=off", "-fno-math-errno", "-fopenmp"]
+LDFLAGS = ["-fopenmp"]
 SOURCES = ["ops.cpp", "kernels_ref.cpp", "kernels_avx2.cpp", "kernels_avx512.cpp"]
 HEADERS = ["checks.h", "kernels.h", "cuda/launch.h"]
 CUDA_SOURCES = ["cuda/int8_conv.cu", "cuda/sparse_conv.cu", "cuda/ops_cuda.cpp"]
@@ -91,6 +94,7 @@ def _build(cuda: bool, verbose: bool) -> str:
         sources=[str(src / s) for s in sources],
         extra_cflags=CFLAGS + (["-DEC_WITH_CUDA"] if cuda else []),
         extra_cuda_cflags=["-O3"],
+        extra_ldflags=LDFLAGS,
         build_directory=str(out),
         with_cuda=cuda,
         is_python_module=False,

@@ -112,6 +112,7 @@ class SparseConv2d(nn.Module):
         self.register_buffer("col_idx", col_idx)
         self.register_buffer("values", values)
         self.register_buffer("bias", None if bias is None else bias.detach().float().contiguous())
+        self._plans: dict = {}  # CPU plans by input size (not state: rebuilt on demand)
 
     @classmethod
     def from_conv(cls, conv: nn.Conv2d) -> "SparseConv2d":
@@ -126,9 +127,23 @@ class SparseConv2d(nn.Module):
         return self.values.numel() / max(1, self.out_channels * self.in_channels * self.kernel_size[0] * self.kernel_size[1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.edgecompress.sparse_conv2d(
-            x.float().contiguous(), self.row_ptr, self.col_idx, self.values, self.bias, list(self.kernel_size),
-            list(self.stride), list(self.padding), list(self.dilation), self.activation)
+        x = x.float().contiguous()
+        args = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+        if x.device.type != "cpu" or torch.compiler.is_compiling():
+            return torch.ops.edgecompress.sparse_conv2d(x, self.row_ptr, self.col_idx, self.values, self.bias, *args,
+                                                        self.activation)
+        # the CPU plan (input layout + every nonzero's source offset) is built once per input size
+        key = (x.shape[1], x.shape[2], x.shape[3], self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
+               self.row_ptr._version, self.col_idx._version)
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = torch.ops.edgecompress.sparse_plan(self.row_ptr, self.col_idx, x.shape[1], x.shape[2], x.shape[3],
+                                                      *args)
+            if len(self._plans) >= 4:
+                self._plans.clear()
+            self._plans[key] = plan
+        return torch.ops.edgecompress.sparse_conv2d_planned(x, plan, self.row_ptr, self.values, self.bias, *args,
+                                                            self.activation)
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "

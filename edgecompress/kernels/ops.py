@@ -26,6 +26,11 @@ SCHEMAS = {
                     "int out_zero_point, ScalarType out_dtype) -> Tensor"),
     "sparse_conv2d": ("sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias, "
                       "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor"),
+    "sparse_plan": ("sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width, "
+                    "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor"),
+    "sparse_conv2d_planned": ("sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias, "
+                              "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+                              "int activation) -> Tensor"),
 }
 
 _lock = threading.Lock()
@@ -87,6 +92,8 @@ def _define_python_ops() -> None:
     lib.impl("int8_pack_weight", reference.pack_weight, "CPU")
     lib.impl("int8_conv2d", reference.int8_conv2d, "CPU")
     lib.impl("sparse_conv2d", reference.sparse_conv2d, "CPU")
+    lib.impl("sparse_plan", reference.sparse_plan, "CPU")
+    lib.impl("sparse_conv2d_planned", reference.sparse_conv2d_planned, "CPU")
     _libs.append(lib)
     _state["backend"] = "python"
 
@@ -115,6 +122,18 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("edgecompress::sparse_conv2d", lib=_fake_lib())
     def _(x, row_ptr, col_idx, values, bias, kernel_size, stride, padding, dilation, activation):
+        n, _, h, w = x.shape
+        ho = reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
+        wo = reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
+        return x.new_empty((n, row_ptr.shape[0] - 1, ho, wo))
+
+    @torch.library.register_fake("edgecompress::sparse_plan", lib=_fake_lib())
+    def _(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation):
+        # the plan's length depends on the nonzeros' layout (its channel-block table)
+        return row_ptr.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int32)
+
+    @torch.library.register_fake("edgecompress::sparse_conv2d_planned", lib=_fake_lib())
+    def _(x, plan, row_ptr, values, bias, kernel_size, stride, padding, dilation, activation):
         n, _, h, w = x.shape
         ho = reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
         wo = reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
@@ -164,6 +183,23 @@ def sparse_conv2d(x, row_ptr, col_idx, values, bias, kernel_size, stride=(1, 1),
     load()
     return torch.ops.edgecompress.sparse_conv2d(x, row_ptr, col_idx, values, bias, list(kernel_size), list(stride),
                                                 list(padding), list(dilation), int(activation))
+
+
+def sparse_plan(row_ptr, col_idx, in_channels, height, width, kernel_size, stride=(1, 1), padding=(0, 0),
+                dilation=(1, 1)) -> torch.Tensor:
+    """The CPU kernel's plan for these CSR weights on a ``in_channels x height x width`` input: the
+    input layout and every nonzero's source offset, computed once (``SparseConv2d`` caches it per input
+    size) instead of on every ``sparse_conv2d`` call."""
+    load()
+    return torch.ops.edgecompress.sparse_plan(row_ptr, col_idx, int(in_channels), int(height), int(width),
+                                              list(kernel_size), list(stride), list(padding), list(dilation))
+
+
+def sparse_conv2d_planned(x, plan, row_ptr, values, bias, kernel_size, stride=(1, 1), padding=(0, 0),
+                          dilation=(1, 1), activation=0) -> torch.Tensor:
+    load()
+    return torch.ops.edgecompress.sparse_conv2d_planned(x, plan, row_ptr, values, bias, list(kernel_size),
+                                                        list(stride), list(padding), list(dilation), int(activation))
 
 
 def set_kernel_isa(isa: str) -> str:

@@ -147,5 +147,28 @@ def sparse_conv2d(x, row_ptr, col_idx, values, bias, kernel_size, stride, paddin
     return y
 
 
+# The Python fallback's "plan" is a header [C, H, W, OC, nnz, 0, 0, 0] followed by col_idx: the
+# reference conv needs nothing else (the compiled plan holds source offsets instead).
+_PLAN_HEADER = 8
+
+
+def sparse_plan(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation):
+    oc, nnz = row_ptr.numel() - 1, col_idx.numel()
+    k = in_channels * kernel_size[0] * kernel_size[1]
+    if nnz and (int(col_idx.min()) < 0 or int(col_idx.max()) >= k):
+        raise RuntimeError(f"sparse_plan: col_idx has entries outside [0, C*KH*KW = {k})")
+    head = torch.tensor([in_channels, height, width, oc, nnz, 0, 0, 0], dtype=torch.int32)
+    return torch.cat([head, col_idx.to(torch.int32)])
+
+
+def sparse_conv2d_planned(x, plan, row_ptr, values, bias, kernel_size, stride, padding, dilation, activation):
+    c, h, w, oc, nnz = (int(v) for v in plan[:5])
+    if (x.shape[1], x.shape[2], x.shape[3]) != (c, h, w) or row_ptr.numel() != oc + 1 or values.numel() != nnz:
+        raise RuntimeError(f"sparse_conv2d_planned: the plan was built for a {c}x{h}x{w} input with {nnz} nonzeros; "
+                           "build one for this input with sparse_plan")
+    return sparse_conv2d(x, row_ptr, plan[_PLAN_HEADER:], values, bias, kernel_size, stride, padding, dilation,
+                         activation)
+
+
 def conv_out_size(n: int, k: int, s: int, p: int, d: int) -> int:
     return math.floor((n + 2 * p - d * (k - 1) - 1) / s) + 1
