@@ -176,6 +176,19 @@ def test_sparse_conv_matches_dense(isa, case):
         torch.testing.assert_close(y, want, rtol=1e-5, atol=1e-5)
 
 
+def test_parallel_loops_use_the_requested_threads():
+    """The library is built with OpenMP: without it at::parallel_for silently runs on one thread."""
+    if not ops.compiled():
+        pytest.skip("the Python fallback runs torch ops")
+    before = torch.get_num_threads()
+    try:
+        for n in (1, 2, 3):
+            torch.set_num_threads(n)
+            assert torch.ops.edgecompress.kernel_threads() == n
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_sparse_conv_rectangular_geometry_and_unsorted_columns():
     """Different strides / padding / dilation per axis, and a CSR whose columns are not ascending
     within a row (valid CSR; the plan then reads each row in one block)."""

@@ -4,6 +4,7 @@
 // Ops (namespace edgecompress):
 //   kernel_isa() -> str                       the CPU path in use: amx | avx512_vnni | avx2 | ref
 //   set_kernel_isa(str isa) -> str            force a path (tests, benchmarks); returns the previous
+//   kernel_threads() -> int                   threads the library's parallel loops use (OpenMP check)
 //   quantize_u8(Tensor x, float scale, int zero_point) -> Tensor
 //   int8_pack_weight(Tensor weight, int groups) -> Tensor
 //   int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale,
@@ -114,6 +115,19 @@ int current_isa() {
 }
 
 std::string kernel_isa() { return isa_name(current_isa()); }
+
+// How many threads this library's at::parallel_for really uses: 1 when it was compiled without OpenMP
+// (the pragma is then ignored), whatever torch.set_num_threads says.
+int64_t kernel_threads() {
+  std::atomic<int64_t> most{0};
+  at::parallel_for(0, 4096, 1, [&](int64_t, int64_t) {
+    const int64_t t = at::get_thread_num() + 1;
+    int64_t m = most.load();
+    while (t > m && !most.compare_exchange_weak(m, t)) {
+    }
+  });
+  return most.load();
+}
 
 std::string set_kernel_isa(std::string isa) {
   const int want = parse_isa(isa);
@@ -839,6 +853,7 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
 TORCH_LIBRARY(edgecompress, m) {
   m.def("kernel_isa() -> str");
   m.def("set_kernel_isa(str isa) -> str");
+  m.def("kernel_threads() -> int");
   m.def("quantize_u8(Tensor x, float scale, int zero_point) -> Tensor");
   m.def("int8_pack_weight(Tensor weight, int groups) -> Tensor");
   m.def(
@@ -856,6 +871,7 @@ TORCH_LIBRARY(edgecompress, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");
   m.impl("kernel_isa", &ec::kernel_isa);
   m.impl("set_kernel_isa", &ec::set_kernel_isa);
+  m.impl("kernel_threads", &ec::kernel_threads);
 }
 
 TORCH_LIBRARY_IMPL(edgecompress, CPU, m) {

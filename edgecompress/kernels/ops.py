@@ -18,6 +18,7 @@ from edgecompress.kernels import _build, reference
 SCHEMAS = {
     "kernel_isa": "kernel_isa() -> str",
     "set_kernel_isa": "set_kernel_isa(str isa) -> str",
+    "kernel_threads": "kernel_threads() -> int",
     "quantize_u8": "quantize_u8(Tensor x, float scale, int zero_point) -> Tensor",
     "int8_pack_weight": "int8_pack_weight(Tensor weight, int groups) -> Tensor",
     "int8_conv2d": ("int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale, "
@@ -88,6 +89,7 @@ def _define_python_ops() -> None:
         return "python"
 
     lib.impl("set_kernel_isa", set_isa, "CompositeExplicitAutograd")
+    lib.impl("kernel_threads", lambda: torch.get_num_threads(), "CompositeExplicitAutograd")
     lib.impl("quantize_u8", reference.quantize_u8, "CPU")
     lib.impl("int8_pack_weight", reference.pack_weight, "CPU")
     lib.impl("int8_conv2d", reference.int8_conv2d, "CPU")
