@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -17,6 +18,8 @@ import torch
 
 import edgecompress as ec
 from edgecompress.utils import predict
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling bench_kernels
 
 
 def main(argv=None) -> int:
@@ -57,7 +60,7 @@ def main(argv=None) -> int:
         "fusion": res.report["int8_kernels"]["fusion"],
         "latency_ms": {},
     }
-    from benchmarks.bench_kernels import interleaved
+    from bench_kernels import interleaved
 
     torch.set_num_threads(args.threads)
     x_all = next(iter(test))[0]
