@@ -116,18 +116,13 @@ def _register_fakes() -> None:
     @torch.library.register_fake("edgecompress::int8_conv2d", lib=_fake_lib())
     def _(x, x_scale, x_zero_point, w_packed, w_scale, w_zero_point, bias, out_channels, kernel_size, stride,
           padding, dilation, groups, activation, out_scale, out_zero_point, out_dtype):
-        n, _, h, w = x.shape
-        ho = reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
-        wo = reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
-        return torch.empty((n, out_channels, ho, wo), dtype=out_dtype, device=x.device).contiguous(
+        return torch.empty(_conv_out_shape(x, out_channels, kernel_size, stride, padding, dilation), dtype=out_dtype,
+                           device=x.device).contiguous(
             memory_format=torch.channels_last)
 
     @torch.library.register_fake("edgecompress::sparse_conv2d", lib=_fake_lib())
     def _(x, row_ptr, col_idx, values, bias, kernel_size, stride, padding, dilation, activation):
-        n, _, h, w = x.shape
-        ho = reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
-        wo = reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
-        return x.new_empty((n, row_ptr.shape[0] - 1, ho, wo))
+        return x.new_empty(_conv_out_shape(x, row_ptr.shape[0] - 1, kernel_size, stride, padding, dilation))
 
     @torch.library.register_fake("edgecompress::sparse_plan", lib=_fake_lib())
     def _(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation):
@@ -136,10 +131,13 @@ def _register_fakes() -> None:
 
     @torch.library.register_fake("edgecompress::sparse_conv2d_planned", lib=_fake_lib())
     def _(x, plan, row_ptr, values, bias, kernel_size, stride, padding, dilation, activation):
-        n, _, h, w = x.shape
-        ho = reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0])
-        wo = reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1])
-        return x.new_empty((n, row_ptr.shape[0] - 1, ho, wo))
+        return x.new_empty(_conv_out_shape(x, row_ptr.shape[0] - 1, kernel_size, stride, padding, dilation))
+
+
+def _conv_out_shape(x, out_channels, kernel_size, stride, padding, dilation) -> tuple:
+    n, _, h, w = x.shape
+    return (n, out_channels, reference.conv_out_size(h, kernel_size[0], stride[0], padding[0], dilation[0]),
+            reference.conv_out_size(w, kernel_size[1], stride[1], padding[1], dilation[1]))
 
 
 def _fake_lib():
