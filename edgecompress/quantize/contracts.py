@@ -104,6 +104,12 @@ def fake_quant(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, contrac
 
 def quantize_codes(x: torch.Tensor, scale, zero_point, qmin: int, qmax: int, contract: Contract) -> torch.Tensor:
     """The integer codes the backend stores (float tensor holding integers)."""
-    v = x.float() * scale if contract.convention == "multiply" else x.float() / scale
-    r = round_half_away(v) if contract.rounding == "half_away" else torch.round(v)
-    return (r + zero_point).clamp(qmin, qmax)
+    v = x.float() * scale if contract.convention == "multiply" else x.float() / scale  # a new tensor: in place below
+    if contract.rounding == "half_away":
+        sign = torch.sign(v)
+        v.abs_().add_(0.5).floor_().mul_(sign)
+    else:
+        v.round_()  # half to even
+    if not (isinstance(zero_point, (int, float)) and zero_point == 0):
+        v.add_(zero_point)
+    return v.clamp_(qmin, qmax)

@@ -219,7 +219,9 @@ class _QuantMixin(_ActQuant):
         partial sum is below 2**24 (exact), summed in float64."""
         c = self.contract
         self._sync_input()
-        xq = quantize_codes(x, self.act_scale, self.act_zero_point, *self.act_qrange, c) - self.act_zero_point
+        xq = quantize_codes(x, self.act_scale, self.act_zero_point, *self.act_qrange, c)
+        if int(self.act_zero_point) != 0:
+            xq.sub_(self.act_zero_point)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         wq = quantize_codes(self.weight.detach(), self.w_scale.view(shape), 0, W_QMIN, W_QMAX, c)
         x_max = max(abs(self.act_qrange[0] - int(self.act_zero_point)), abs(self.act_qrange[1] - int(self.act_zero_point)))
@@ -230,9 +232,9 @@ class _QuantMixin(_ActQuant):
         scale = 1.0 / (s_in * s_w) if c.convention == "multiply" else s_in * s_w
         scale = torch.where(s_w == 0, torch.zeros_like(scale), scale)
         view = (1, -1) + (1,) * (acc.dim() - 2)
-        y = acc * scale.double().view(view)
+        y = acc.mul_(scale.double().view(view))  # acc is the op's own float64 result
         if self.bias is not None:
-            y = y + self.bias.detach().double().view(view)
+            y.add_(self.bias.detach().double().view(view))
         return y.float()
 
     def quant_weight(self) -> torch.Tensor:
