@@ -201,15 +201,16 @@ class Exporter(abc.ABC):
             shutil.rmtree(tmp, ignore_errors=True)
 
     def reference(self, model: nn.Module, inputs: torch.Tensor) -> tuple[torch.Tensor, str]:
-        """What the artifact should compute: the float model, the model with fp16-rounded weights,
-        or the int8 simulation (a quantized model in eval mode runs the runtime's integer arithmetic)."""
+        """What the artifact should compute: the float model, the backend's fp16 storage simulated
+        (``quantize.simulate_fp16_``), or the int8 simulation (a quantized model in eval mode runs the runtime's integer arithmetic)."""
         model = model.eval()
         if self.cfg.precision == "fp16":
+            from edgecompress.quantize.fp16 import simulate_fp16_
+
             m = copy.deepcopy(model)
-            with torch.no_grad():
-                for p in m.parameters():
-                    p.copy_(p.half().float())
-            return _batched(m, inputs), "torch with fp16-rounded weights"
+            target = "ncnn" if self.runtime == "ncnn" else "onnx"
+            rep = simulate_fp16_(m, target)
+            return _batched(m, inputs), f"fp16 simulation ({target}: {rep['rounded']} rounded to fp16)"
         if self.int8:
             return _batched(model, inputs), f"int8 simulation ({self.contract} contract)"
         return _batched(model, inputs), "torch fp32"
