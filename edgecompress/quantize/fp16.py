@@ -4,10 +4,11 @@ with what it should compute.
 
 - ``ncnn`` (pnnx ``fp16=1``): BatchNorm folded into the convs first, then Convolution /
   ConvolutionDepthWise / InnerProduct ``weight_data`` rounded to fp16 (round to nearest even);
-  ``bias_data`` stays fp32. On x86 ncnn computes these layers in fp32 on fp32 blobs. Measured on
-  ResNet-20, 1000 CIFAR-10 test images (benchmarks/fp16_reference.py): max |logit diff| 0.0016 from
-  ncnn-fp16, against 0.032 for "every parameter rounded" and 0.010 for plain fp32. On ARM cores with
-  fp16 arithmetic ncnn also stores blobs in fp16 (not simulated; not measurable here).
+  ``bias_data`` stays fp32; arithmetic in fp32. Measured on ResNet-20, 1000 CIFAR-10 test images,
+  ncnn's default options on this x86 CPU (benchmarks/fp16_reference.py): max |logit diff| 0.0016
+  from ncnn-fp16, against 0.032 for "every parameter rounded" and 0.010 for plain fp32; also
+  rounding every layer's output to fp16 made it worse (0.023). The rest is ncnn's own fp16 blob
+  storage where it uses it, not simulated; ARM cores with fp16 arithmetic will differ more.
 - ``onnx`` / ``tensorrt`` (the graph cast to half): every floating parameter and buffer rounded to
   fp16. onnxruntime's fp16 graph on x86 then differs by up to ~0.04 (same run): its own fusions run in
   fp16, which fp32 arithmetic here does not reproduce.
