@@ -31,10 +31,13 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=10000)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--calibration", default="percentile", help="minmax | percentile | entropy | mse")
+    ap.add_argument("--calib-batches", type=int, default=8, help="batches of 64 training images")
+    ap.add_argument("--fallback", type=int, default=0, help="keep the k most sensitive layers float")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    train, test = ec.cifar10_loaders(args.data, batch_size=64, eval_batch_size=500, train_subset=512,
+    train, test = ec.cifar10_loaders(args.data, batch_size=64, eval_batch_size=500, train_subset=64 * args.calib_batches,
                                      test_subset=args.images)
     xs, ys = zip(*test)
     x, y = torch.cat(xs), torch.cat(ys)
@@ -46,7 +49,11 @@ def main(argv=None) -> int:
     qmodels = {}
     for contract in ("ncnn", "onnx", "tensorrt"):
         q = copy.deepcopy(model)
-        quantize_(q, QuantConfig(calib_batches=8), train, target=contract, progress=False)
+        rep = quantize_(q, QuantConfig(calibration=args.calibration, calib_batches=args.calib_batches,
+                                       fallback_layers=args.fallback), train, target=contract, progress=False)
+        report.setdefault("quantization", {})[contract] = {
+            "calibration": args.calibration, "calib_images": 64 * args.calib_batches,
+            "float_layers": rep["float_layers"], "unstable_layers": rep["unstable_layers"]}
         qmodels[contract] = q
     jobs = [("ncnn", None), ("ncnn-fp16", None), ("ncnn-int8", "ncnn"), ("onnx", None), ("onnx-fp16", None),
             ("onnx-int8", "onnx"), ("onnx-int8-trt", "tensorrt")]
