@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--calibration", default="percentile", help="minmax | percentile | entropy | mse")
     ap.add_argument("--calib-batches", type=int, default=8, help="batches of 64 training images")
     ap.add_argument("--fallback", type=int, default=0, help="keep the k most sensitive layers float")
+    ap.add_argument("--only", default=None, help="comma list of artifacts (default: all seven)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -46,8 +47,16 @@ def main(argv=None) -> int:
         flt = torch.cat([model(x[s:s + 500]) for s in range(0, len(x), 500)])
     report = {"model": args.model, "images": len(x), "threads": args.threads,
               "float_top1": (flt.argmax(1) == y).float().mean().item(), "artifacts": {}}
+    jobs = [("ncnn", None), ("ncnn-fp16", None), ("ncnn-int8", "ncnn"), ("onnx", None), ("onnx-fp16", None),
+            ("onnx-int8", "onnx"), ("onnx-int8-trt", "tensorrt")]
+    if args.only:
+        wanted = args.only.split(",")
+        unknown = sorted(set(wanted) - {n for n, _ in jobs})
+        if unknown:
+            ap.error(f"--only: unknown artifacts {unknown}; choose from {[n for n, _ in jobs]}")
+        jobs = [j for j in jobs if j[0] in wanted]
     qmodels = {}
-    for contract in ("ncnn", "onnx", "tensorrt"):
+    for contract in sorted({c for _, c in jobs if c}):
         q = copy.deepcopy(model)
         rep = quantize_(q, QuantConfig(calibration=args.calibration, calib_batches=args.calib_batches,
                                        fallback_layers=args.fallback), train, target=contract, progress=False)
@@ -55,8 +64,6 @@ def main(argv=None) -> int:
             "calibration": args.calibration, "calib_images": 64 * args.calib_batches,
             "float_layers": rep["float_layers"], "unstable_layers": rep["unstable_layers"]}
         qmodels[contract] = q
-    jobs = [("ncnn", None), ("ncnn-fp16", None), ("ncnn-int8", "ncnn"), ("onnx", None), ("onnx-fp16", None),
-            ("onnx-int8", "onnx"), ("onnx-int8-trt", "tensorrt")]
     runners = {}
     x1 = np.ascontiguousarray(x[:1].numpy())
     with tempfile.TemporaryDirectory() as tmp:
@@ -80,12 +87,12 @@ def main(argv=None) -> int:
                 net = ncnn_net(paths["ncnn_param"], paths["ncnn_bin"], args.threads, "fp32")
                 runners["ncnn-int8 (winograd on)"] = (lambda n=net: ncnn_run(n, x1))
         # fp32 and int8 of each runtime, interleaved call by call (onnxruntime sessions do not spin)
-        stats = measure_interleaved(runners, threads=args.threads, warmup=30, iters=args.iters)
+        stats = measure_interleaved(runners, threads=args.threads, warmup=30, iters=args.iters) if runners else {}
     lat = {k: v.to_dict() for k, v in stats.items()}
     report["latency_batch1"] = lat
-    report["speedup_int8_vs_fp32"] = {
-        "ncnn": lat["ncnn"]["ms_median"] / lat["ncnn-int8"]["ms_median"],
-        "onnxruntime": lat["onnx"]["ms_median"] / lat["onnx-int8"]["ms_median"]}
+    report["speedup_int8_vs_fp32"] = {rt: lat[f32]["ms_median"] / lat[i8]["ms_median"]
+                                      for rt, f32, i8 in (("ncnn", "ncnn", "ncnn-int8"), ("onnxruntime", "onnx", "onnx-int8"))
+                                      if f32 in lat and i8 in lat}
     print(json.dumps({"latency_ms_median": {k: round(v["ms_median"], 3) for k, v in lat.items()},
                       "speedup": report["speedup_int8_vs_fp32"]}, indent=1))
     if args.out:
