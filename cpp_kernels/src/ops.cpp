@@ -5,6 +5,8 @@
 //   kernel_isa() -> str                       the CPU path in use: amx | avx512_vnni | avx2 | ref
 //   set_kernel_isa(str isa) -> str            force a path (tests, benchmarks); returns the previous
 //   kernel_threads() -> int                   threads the library's parallel loops use (OpenMP check)
+//   approx_reciprocal(Tensor x) -> Tensor     this CPU's RCPPS (12-bit 1/x); ncnn's x86 int8 depthwise
+//                                             kernel rescales with it, so the ncnn simulation needs it
 //   quantize_u8(Tensor x, float scale, int zero_point) -> Tensor
 //   int8_pack_weight(Tensor weight, int groups) -> Tensor
 //   int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale,
@@ -23,6 +25,9 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#endif
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -160,6 +165,31 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 }
 
 // ---------------------------------------------------------------------------------------------------
+// _mm_rcp_ps of every element: an approximation (relative error <= 1.5 * 2^-12) whose low bits
+// differ between CPU vendors, so it is computed here, on the CPU ncnn runs on, not emulated.
+at::Tensor approx_reciprocal(const at::Tensor& x) {
+  TORCH_CHECK(x.device().is_cpu(), "approx_reciprocal: x must be a CPU tensor, got ", x.device());
+  TORCH_CHECK(x.scalar_type() == at::kFloat, "approx_reciprocal: x must be float32, got ", x.scalar_type());
+#if defined(__x86_64__) || defined(__i386__)
+  const at::Tensor xc = x.contiguous();
+  at::Tensor out = at::empty_like(xc);
+  const float* src = xc.data_ptr<float>();
+  float* dst = out.data_ptr<float>();
+  const int64_t n = xc.numel();
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) _mm_storeu_ps(dst + i, _mm_rcp_ps(_mm_loadu_ps(src + i)));
+  if (i < n) {
+    float buf[4] = {1.f, 1.f, 1.f, 1.f};
+    for (int64_t j = i; j < n; ++j) buf[j - i] = src[j];
+    _mm_storeu_ps(buf, _mm_rcp_ps(_mm_loadu_ps(buf)));
+    for (int64_t j = i; j < n; ++j) dst[j] = buf[j - i];
+  }
+  return out;
+#else
+  TORCH_CHECK(false, "approx_reciprocal: RCPPS is an x86 instruction; this build is not x86");
+#endif
+}
+
 at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
   TORCH_CHECK(x.device().is_cpu(), "quantize_u8: x must be a CPU tensor, got ", x.device());
   TORCH_CHECK(x.scalar_type() == at::kFloat, "quantize_u8: x must be float32, got ", x.scalar_type());
@@ -853,6 +883,7 @@ TORCH_LIBRARY(edgecompress, m) {
   m.def("kernel_isa() -> str");
   m.def("set_kernel_isa(str isa) -> str");
   m.def("kernel_threads() -> int");
+  m.def("approx_reciprocal(Tensor x) -> Tensor");
   m.def("quantize_u8(Tensor x, float scale, int zero_point) -> Tensor");
   m.def("int8_pack_weight(Tensor weight, int groups) -> Tensor");
   m.def(
@@ -874,6 +905,7 @@ TORCH_LIBRARY(edgecompress, m) {
 }
 
 TORCH_LIBRARY_IMPL(edgecompress, CPU, m) {
+  m.impl("approx_reciprocal", &ec::approx_reciprocal);
   m.impl("quantize_u8", &ec::quantize_u8);
   m.impl("int8_pack_weight", &ec::int8_pack_weight);
   m.impl("int8_conv2d", &ec::int8_conv2d);

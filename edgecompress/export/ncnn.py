@@ -179,5 +179,6 @@ class NcnnInt8Exporter(NcnnExporter):
 
         rows = layer_diffs(paths["ncnn_param"], paths["ncnn_bin"], model, plans_of(paths["ncnn_param"], paths["ncnn_bin"], model),
                            inputs, self.cfg.threads, **self.runtime_options)
-        # ncnn's depthwise int8 kernel rescales slightly differently (< 1e-3 of the range, measured)
+        # bit-exact where the simulation has RCPPS; with an exact reciprocal (no compiled kernels) ncnn's
+        # depthwise kernel is up to ~2.4e-4 of the range off: 1e-3 flags real faults only
         return next((r for r in rows if r["max_rel_diff"] > 1e-3), None)

@@ -19,6 +19,7 @@ SCHEMAS = {
     "kernel_isa": "kernel_isa() -> str",
     "set_kernel_isa": "set_kernel_isa(str isa) -> str",
     "kernel_threads": "kernel_threads() -> int",
+    "approx_reciprocal": "approx_reciprocal(Tensor x) -> Tensor",
     "quantize_u8": "quantize_u8(Tensor x, float scale, int zero_point) -> Tensor",
     "int8_pack_weight": "int8_pack_weight(Tensor weight, int groups) -> Tensor",
     "int8_conv2d": ("int8_conv2d(Tensor x, float x_scale, int x_zero_point, Tensor w_packed, Tensor w_scale, "
@@ -90,6 +91,11 @@ def _define_python_ops() -> None:
 
     lib.impl("set_kernel_isa", set_isa, "CompositeExplicitAutograd")
     lib.impl("kernel_threads", lambda: torch.get_num_threads(), "CompositeExplicitAutograd")
+    def approx_reciprocal(x):
+        raise RuntimeError(f"approx_reciprocal needs the compiled C++ kernels (RCPPS cannot be emulated bit for bit): "
+                           f"{_state['reason']}")
+
+    lib.impl("approx_reciprocal", approx_reciprocal, "CPU")
     lib.impl("quantize_u8", reference.quantize_u8, "CPU")
     lib.impl("int8_pack_weight", reference.pack_weight, "CPU")
     lib.impl("int8_conv2d", reference.int8_conv2d, "CPU")
@@ -101,6 +107,10 @@ def _define_python_ops() -> None:
 
 
 def _register_fakes() -> None:
+    @torch.library.register_fake("edgecompress::approx_reciprocal", lib=_fake_lib())
+    def _(x):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("edgecompress::quantize_u8", lib=_fake_lib())
     def _(x, scale, zero_point):
         fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) \
@@ -147,6 +157,12 @@ def _fake_lib():
 
 
 # ---- thin typed wrappers (load on first call) ------------------------------------------------------
+def approx_reciprocal(x: torch.Tensor) -> torch.Tensor:
+    """This CPU's RCPPS approximation of 1/x (float32; x86 only; needs the compiled kernels)."""
+    load()
+    return torch.ops.edgecompress.approx_reciprocal(x)
+
+
 def quantize_u8(x: torch.Tensor, scale: float, zero_point: int) -> torch.Tensor:
     load()
     return torch.ops.edgecompress.quantize_u8(x, float(scale), int(zero_point))

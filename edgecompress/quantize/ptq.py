@@ -229,9 +229,15 @@ class _QuantMixin(_ActQuant):
         acc = op(xq, wq, 0, per_chunk)
         s_in = self.act_scale.float()
         s_w = self.w_scale.float()
+        view = (1, -1) + (1,) * (acc.dim() - 2)
+        rcp = _ncnn_depthwise_rcp(self, s_in, s_w)
+        if rcp is not None:  # ncnn's x86 depthwise kernel: RCPPS, then a multiply and an add, each rounded
+            y = acc.float() * rcp.view(view)
+            if self.bias is not None:
+                y = y + self.bias.detach().float().view(view)
+            return y
         scale = 1.0 / (s_in * s_w) if c.convention == "multiply" else s_in * s_w
         scale = torch.where(s_w == 0, torch.zeros_like(scale), scale)
-        view = (1, -1) + (1,) * (acc.dim() - 2)
         y = acc.mul_(scale.double().view(view))  # acc is the op's own float64 result
         if self.bias is not None:
             y.add_(self.bias.detach().double().view(view))
@@ -246,6 +252,30 @@ class _QuantMixin(_ActQuant):
                                    getattr(self, "groups", 1))[0]
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
         return fake_quant(self.weight, scale.view(shape), 0, W_QMIN, W_QMAX, self.contract)
+
+
+_RCP_STATE: dict = {"warned": False}
+
+
+def _ncnn_depthwise_rcp(layer, s_in: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor | None:
+    """The rescale ncnn's x86 int8 ConvolutionDepthWise uses on channels packed by 8: RCPPS of
+    ``s_in * s_w`` (12-bit, CPU-specific low bits), zero where the weight scale is 0; the sum times
+    it and the bias added are rounded separately (no FMA). Measured bit-exact against the ncnn wheel
+    here (it was 1.5-2.4e-4 of the output range off with an exact reciprocal). None elsewhere."""
+    if not (layer.contract.name == "ncnn" and isinstance(layer, nn.Conv2d) and layer.groups > 1
+            and layer.groups == layer.in_channels == layer.out_channels and layer.out_channels % 8 == 0):
+        return None
+    from edgecompress.kernels import ops
+
+    try:
+        rcp = ops.approx_reciprocal((s_in * s_w).float().contiguous())
+    except RuntimeError as e:
+        if not _RCP_STATE["warned"]:
+            warnings.warn(f"ncnn depthwise rescale simulated with an exact reciprocal ({e}); ncnn's x86 kernel uses "
+                          "RCPPS, so outputs may differ by ~2e-4 of their range", UserWarning, stacklevel=4)
+            _RCP_STATE["warned"] = True
+        return None
+    return torch.where(s_w == 0, torch.zeros_like(rcp), rcp)
 
 
 class FakeQuantConv2d(_QuantMixin, nn.Conv2d):
