@@ -343,6 +343,22 @@ def test_cpu_without_avx2_uses_reference_and_refuses_avx2():
     assert lines[1].startswith("ERR set_kernel_isa: this CPU does not support 'avx2'")
 
 
+def test_ncnn_depthwise_simulation_without_kernels_warns_and_uses_an_exact_reciprocal():
+    r = _run("""
+        import copy, warnings, torch, torch.nn as nn
+        from edgecompress.quantize import QuantConfig, quantize_
+        m = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1, groups=16)).eval()
+        x = torch.randn(4, 3, 8, 8)
+        quantize_(m, QuantConfig(calib_batches=1, stability_splits=0), [(x, None)], target="ncnn", progress=False)
+        with warnings.catch_warnings(record=True) as w, torch.no_grad():
+            warnings.simplefilter("always")
+            y = m(x); m(x)
+        print(len([a for a in w if "exact reciprocal" in str(a.message)]), bool(torch.isfinite(y).all()))
+    """, EDGECOMPRESS_DISABLE_KERNELS="1")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["1", "True"]  # one warning, a usable simulation
+
+
 def test_disabled_kernels_fall_back_to_reference_exactly():
     r = _run("""
         import warnings, torch
