@@ -63,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--test-subset", type=int, default=None)
     ap.add_argument("--fallback", default="1,2,4,8", help="comma-separated numbers of float layers to try")
     ap.add_argument("--contracts", default="ncnn,onnx")
+    ap.add_argument("--methods", default=",".join(METHODS), help="calibration methods tried without fallback")
     ap.add_argument("--export", action="store_true", help="write and re-run the ncnn int8 file of the best fallback")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/ptq")
@@ -81,11 +82,12 @@ def main(argv=None) -> int:
     print(f"float top-1 {100 * f_top1:.2f}% on {len(labels)} images", flush=True)
     for target in a.contracts.split(","):
         rows = {}
-        for method in METHODS:
+        methods = a.methods.split(",")
+        for method in methods:
             _, rep, rows[f"{method}/k=0"] = _ptq(base, QuantConfig(calibration=method, calib_batches=len(calib)),
                                                  calib, target, test, f_logits, labels)
             print(target, method, "k=0", json.dumps(rows[f"{method}/k=0"]), flush=True)
-        best = max(METHODS, key=lambda m: rows[f"{m}/k=0"]["top1"])
+        best = max(methods, key=lambda m: rows[f"{m}/k=0"]["top1"])
         best_q, best_k = None, 0
         sens = None
         for k in ks:
