@@ -211,6 +211,7 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--out", default="benchmarks/results/kernels")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--sparsities", default="0.5,0.7,0.9", help="sparse section: comma list of sparsities")
     ap.add_argument("--skip", default="", help="comma list of sections to skip: int8,sparse,peak")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -264,11 +265,12 @@ def main(argv=None) -> int:
         print(json.dumps(result["summary_int8"], indent=1), flush=True)
     if "sparse" not in skip:
         rows = []
+        sparsities = [float(v) for v in args.sparsities.split(",")]
         sp_shapes = [s for s in r50 if s["k"] in (1, 3) and s["g"] == 1]
         if args.quick:
             sp_shapes = sp_shapes[:3]
         for shape in sp_shapes:
-            for sparsity in (0.5, 0.7, 0.9):
+            for sparsity in sparsities:
                 r = bench_sparse(shape, sparsity, args.threads, args.iters)
                 rows.append(r)
                 print(f"sparse c{shape['c']:>4} oc{shape['oc']:>4} k{shape['k']} s{shape['s']} {shape['h']}x{shape['w']} "
@@ -279,7 +281,7 @@ def main(argv=None) -> int:
             f"{int(sp * 100)}%": {
                 "median_speedup": statistics.median(r["speedup_vs_dense"] for r in rows if abs(r["sparsity"] - sp) < 0.01),
                 "min_speedup": min(r["speedup_vs_dense"] for r in rows if abs(r["sparsity"] - sp) < 0.01)}
-            for sp in (0.5, 0.7, 0.9)}
+            for sp in sparsities}
         print(json.dumps(result["summary_sparse"], indent=1), flush=True)
     name = "bench_kernels_quick.json" if args.quick else "bench_kernels.json"
     (out / name).write_text(json.dumps(result, indent=1))

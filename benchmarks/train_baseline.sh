@@ -2,7 +2,7 @@
 # Trains a shipped CIFAR-10 baseline on this 2-core CPU (bf16 autocast; resumable with --resume) and
 # copies its weights + logs into the package. Needs EDGECOMPRESS_CIFAR10 (or --data).
 #   bash benchmarks/train_baseline.sh [--threads 2] [--resume]                # ResNet-20, 100 epochs (~2 h alone)
-#   MODEL=mobilenetv2_x0_5 EPOCHS=30 bash benchmarks/train_baseline.sh ...     # MobileNetV2-CIFAR x0.5 (~6 min/epoch)
+#   MODEL=mobilenetv2_x0_5 EPOCHS=10 bash benchmarks/train_baseline.sh ...     # MobileNetV2-CIFAR x0.5 (~9 min/epoch)
 # SGD Nesterov, lr 0.1 cosine with 1 warm-up epoch, weight decay 5e-4, batch 128, seed 0.
 set -euo pipefail
 cd "$(dirname "$0")/.."

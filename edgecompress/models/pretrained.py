@@ -10,7 +10,7 @@ from edgecompress.errors import EdgeCompressError, UnknownModelError
 from edgecompress.models.registry import create_model
 
 _WEIGHTS = Path(__file__).resolve().parent.parent / "weights"
-_SHIPPED = {"resnet20": "resnet20_cifar10.safetensors"}
+_SHIPPED = {"resnet20": "resnet20_cifar10.safetensors", "mobilenetv2_x0_5": "mobilenetv2_x0_5_cifar10.safetensors"}
 
 
 def pretrained_path(name: str) -> Path:
