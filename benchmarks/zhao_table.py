@@ -42,6 +42,8 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=None)
     ap.add_argument("--model", default="resnet20", help="a zoo model with shipped CIFAR-10 weights")
     ap.add_argument("--macs-target", type=float, default=0.5, help="keep this fraction of the MACs (FPGM, global)")
+    ap.add_argument("--round-to", type=int, default=1,
+                    help="keep a multiple of this many channels per layer (ncnn packs x86 channels by 8); 1: no rounding")
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--lr", type=float, default=0.02)
     ap.add_argument("--temperature", type=float, default=4.0)
@@ -67,12 +69,12 @@ def main(argv=None) -> int:
     teacher = ec.load_pretrained(a.model).eval()
     x = (torch.zeros(1, 3, 32, 32),)
     pruned = copy.deepcopy(teacher)
-    prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=a.macs_target), x)
+    prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=a.macs_target, round_to=a.round_to), x)
     pruned.eval()
     cfg = DistillConfig(epochs=a.epochs, lr=a.lr, weight_decay=5e-4, schedule="cosine", seed=a.seed,
                         temperature=a.temperature, alpha=a.alpha, beta=a.beta, progress=False)
     student = copy.deepcopy(pruned)
-    ckpt = Path(a.ckpt) / f"{a.model}-{ckpt_key(teacher, cfg.to_json())}"
+    ckpt = Path(a.ckpt) / f"{a.model}-{ckpt_key(teacher, cfg.to_json(), prep['plan'])}"
     hist = fit(student, train, test, cfg, teacher=teacher, checkpoint_dir=ckpt, resume=True)
     student.eval()
     calib, _ = ec.cifar10_loaders(a.data, batch_size=64, train_subset=512, test_subset=100, seed=a.seed)

@@ -158,6 +158,7 @@ def test_quantize_u8_matches_reference_half_to_even():
     (2, 64, 20, 20, 16, 3, 1, 1, 1, 0.3),    # stride 1, output through the scratch rows, 2 blocks
     (1, 48, 21, 17, 12, 3, 2, 1, 1, 0.3),    # stride 2: 4 phases, odd sizes, 2 blocks
     (1, 8, 23, 23, 6, 5, 3, 2, 2, 0.5),      # stride 3, dilation 2: 9 phases
+    (1, 4, 6, 75, 3, 3, 2, 0, 1, 0.5),       # stride 2, rows of 37 phase columns (3 vectors), even and odd starts
     (1, 6, 26, 26, 5, 3, 5, 1, 1, 0.5),      # stride 5: 25 phases > 16, patch matrix
 ])
 def test_sparse_conv_matches_dense(isa, case):

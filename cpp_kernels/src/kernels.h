@@ -115,6 +115,9 @@ struct SpmmArgs {
   bool finalize;
 };
 
+// dst[i] = src[2 * i] for i in [0, n): one row of a stride-2 phase (reads src[0 .. 2n - 2], nothing past it).
+void gather2_avx512(float* dst, const float* src, int64_t n);
+
 void spmm_ref(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 void spmm_avx2(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);
 void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t j1);

@@ -334,6 +334,19 @@ void spmm_avx512(const SpmmArgs& s, int64_t n0, int64_t n1, int64_t j0, int64_t 
   }
 }
 
+void gather2_avx512(float* dst, const float* src, int64_t n) {
+  // even lanes of two consecutive 16-float loads; the loads are masked to the 2r - 1 floats the r outputs
+  // read, so the last row of a plane never reads past the input
+  const __m512i even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30);
+  for (int64_t i = 0; i < n; i += 16) {
+    const int64_t r = n - i < 16 ? n - i : 16, need = 2 * r - 1;
+    const float* p = src + 2 * i;
+    const __m512 lo = _mm512_maskz_loadu_ps(mask_for(need), p);
+    const __m512 hi = _mm512_maskz_loadu_ps(need > 16 ? mask_for(need - 16) : __mmask16(0), p + 16);
+    _mm512_mask_storeu_ps(dst + i, mask_for(r), _mm512_permutex2var_ps(lo, even, hi));
+  }
+}
+
 void quantize_avx512(const float* x, uint8_t* q, int64_t i0, int64_t i1, float scale, int32_t zp) {
   const __m512 s = _mm512_set1_ps(scale), lo = _mm512_set1_ps(-1e6f), hi = _mm512_set1_ps(1e6f);
   const __m512i z = _mm512_set1_epi32(zp), zero = _mm512_setzero_si512(), top = _mm512_set1_epi32(255);

@@ -794,6 +794,8 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
               const float* x0 = xr + (x_lo * sw + bb - pw);
               if (sw == 1) {
                 std::memcpy(row + x_lo, x0, size_t(x_hi - x_lo) * 4);
+              } else if (sw == 2 && isa >= kIsaAvx512Vnni) {
+                gather2_avx512(row + x_lo, x0, x_hi - x_lo);
               } else {
                 for (int64_t xx = 0; xx < x_hi - x_lo; ++xx) row[x_lo + xx] = x0[xx * sw];
               }
