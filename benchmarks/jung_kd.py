@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import sys
 import time
@@ -111,6 +112,16 @@ def summarize(a) -> str:
                          f"{x['agreement_with_teacher']:.2%} | {x['kl_teacher_student']:.4f} |")
     text = "\n".join(lines).strip() + "\n"
     (out / "summary.md").write_text(text)
+    with open(out / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["part", "run", "top1", "macs", "teacher_macs", "agreement_with_teacher", "kl_teacher_student"])
+        for part in ("temperature", "schedule"):
+            p = out / f"{part}.json"
+            if p.exists():
+                r = json.loads(p.read_text())
+                for x in r["runs"]:
+                    w.writerow([part, x["run"], x["top1"], x["macs"], r["teacher_macs"], x["agreement_with_teacher"],
+                                x["kl_teacher_student"]])
     _plot(out)
     return text
 
@@ -121,6 +132,23 @@ def _plot(out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    p = out / "schedule.json"
+    if p.exists():  # one-shot vs iterative: top-1 and agreement with the teacher, side by side
+        r = json.loads(p.read_text())
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        names = [x["run"] for x in r["runs"]]
+        xs = range(len(names))
+        ax.bar([i - 0.2 for i in xs], [x["top1"] for x in r["runs"]], 0.4, label="top-1")
+        ax.bar([i + 0.2 for i in xs], [x["agreement_with_teacher"] for x in r["runs"]], 0.4, label="agreement with teacher")
+        ax.axhline(r["teacher_top1"], ls="--", c="gray", label="teacher top-1")
+        ax.set_xticks(list(xs), names)
+        lo = min(min(x["top1"], x["agreement_with_teacher"]) for x in r["runs"])
+        ax.set_ylim(max(0.0, lo - 0.05), 1.0)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3, axis="y")
+        fig.tight_layout()
+        fig.savefig(out / "schedule.png", dpi=120)
+        plt.close(fig)
     p = out / "temperature.json"
     if not p.exists():
         return

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import csv
 import json
 import sys
 import time
@@ -41,6 +42,30 @@ def torch_pruning_fpgm(model: torch.nn.Module, ratio: float, x: torch.Tensor) ->
                                   ignored_layers=ignored)
     pruner.step()
     return model
+
+
+def _plot(rows: list[dict], base_top1: float, path: Path, a) -> None:
+    """Top-1 on the test images after each KD epoch, one line per pruner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for r in rows:
+        ep = [0] + [h["epoch"] for h in r["history"]]
+        ax.plot(ep, [r["top1_pruned"]] + [h["val_top1"] for h in r["history"]], "o-", ms=3, label=r["pruner"])
+    ax.axhline(base_top1, ls="--", c="gray", label="unpruned")
+    lo = min([base_top1] + [r["top1_pruned"] for r in rows] + [h["val_top1"] for r in rows for h in r["history"]])
+    ax.set_ylim(max(0.0, lo - 0.02), 1.0)
+    ax.set_xlabel("KD epoch")
+    ax.set_ylabel("top-1")
+    ax.set_title(f"{a.model}: FPGM ratio {a.ratio}, then the same KD fine-tune")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main(argv=None) -> int:
@@ -88,6 +113,13 @@ def main(argv=None) -> int:
             f"{len(test.images)} CIFAR-10 test images.\n")
     stem = f"torch_pruning_{a.model}" + ("_smoke" if a.train_subset or a.test_subset else "")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n" + note)
+    with open(out / f"{stem}.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["pruner", "macs", "params", "top1_pruned", "top1"])
+        w.writerow(["baseline (unpruned)", base["macs"], base["params"], base["top1"], base["top1"]])
+        for r in rows:
+            w.writerow([r["pruner"], r["macs"], r["params"], r["top1_pruned"], r["top1"]])
+    _plot(rows, base["top1"], out / f"{stem}.png", a)
     (out / f"{stem}.json").write_text(json.dumps({"baseline": base, "rows": rows, "args": vars(a),
                                                   "wall_seconds": round(time.time() - t0, 1)}, indent=1))
     print("\n".join(lines) + note)

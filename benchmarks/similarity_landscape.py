@@ -5,7 +5,7 @@ KD, the pruned + KD + int8 model, and independently trained ResNet-20s, on the t
 pairwise top-1 agreement, KL and JS, and a PCA landscape.
 
     python benchmarks/similarity_landscape.py --data $EDGECOMPRESS_CIFAR10 \
-        --independent "retrained, 100-epoch run=runs/resnet20_baseline100/best.pt"
+        --epochs 30 --lr 0.03 --round-to 8 --independent "NAME=weights.safetensors"
 
 The pruned + KD student is the one ``benchmarks/zhao_table.py`` trains (same settings; its
 checkpoint is found by the same key, so run that first, or this script trains it). Budget without
@@ -52,6 +52,7 @@ def main(argv=None) -> int:
                     help="NAME=WEIGHTS of an independently trained model of the same architecture (repeatable)")
     ap.add_argument("--epochs", type=int, default=8, help="KD epochs of the student (as zhao_table.py)")
     ap.add_argument("--lr", type=float, default=0.02)
+    ap.add_argument("--round-to", type=int, default=1, help="as zhao_table.py's --round-to")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--test-subset", type=int, default=None)
     ap.add_argument("--ckpt", default="runs/zhao")
@@ -72,13 +73,13 @@ def main(argv=None) -> int:
     models["base int8 (ncnn)"] = int8(base, "ncnn")
     models["base int8 (onnx)"] = int8(base, "onnx")
     pruned = copy.deepcopy(base)
-    prune_(pruned, PruneConfig(method="fpgm", macs_target=0.5), x)
+    prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=0.5, round_to=a.round_to), x)
     models["FPGM 50%, no fine-tune"] = pruned.eval()
     cfg = DistillConfig(epochs=a.epochs, lr=a.lr, weight_decay=5e-4, schedule="cosine", seed=a.seed, temperature=4.0,
                         alpha=0.1, beta=0.9, progress=False)
     student = copy.deepcopy(pruned)
-    fit(student, train, test, cfg, teacher=base, checkpoint_dir=Path(a.ckpt) / f"{a.model}-{ckpt_key(base, cfg.to_json())}",
-        resume=True)
+    fit(student, train, test, cfg, teacher=base, resume=True,
+        checkpoint_dir=Path(a.ckpt) / f"{a.model}-{ckpt_key(base, cfg.to_json(), prep['plan'])}")
     models[f"FPGM 50% + KD {a.epochs} ep"] = student.eval()
     models[f"FPGM 50% + KD + int8 (ncnn)"] = int8(student, "ncnn")
     for k in models:
