@@ -236,6 +236,30 @@ def test_sparse_plan_is_reused_and_checked():
             ops.sparse_plan(rp, ci, 8, 15, 15, (3, 3), (2, 2), (1, 1))
 
 
+def test_sparse_outputs_are_recycled_never_shared():
+    """Outputs of >= 256 KiB come from the op's buffer cache: a live output is never handed out again,
+    a freed one is reused by the next call of the same size (no fresh pages to fault in)."""
+    if not ops.compiled():
+        pytest.skip("the Python fallback allocates with torch")
+    gen = torch.Generator().manual_seed(8)
+    w = torch.randn(32, 16, 1, 1, generator=gen) * (torch.rand(32, 16, 1, 1, generator=gen) < 0.3)
+    rp, ci, v = ops.sparse_pack(w)
+    x = torch.randn(1, 16, 64, 64, generator=gen)  # output 32 x 64 x 64 floats = 512 KiB
+
+    def run(inp):
+        return ops.sparse_conv2d(inp, rp, ci, v, None, (1, 1), (1, 1), (0, 0))
+
+    y1, y2 = run(x), run(x)
+    assert y1.data_ptr() != y2.data_ptr()
+    freed = y2.data_ptr()
+    del y2
+    y3 = run(2 * x)
+    assert y3.data_ptr() == freed
+    torch.testing.assert_close(y1, F.conv2d(x, w), rtol=1e-5, atol=1e-5)  # not overwritten by the third call
+    torch.testing.assert_close(y3, F.conv2d(2 * x, w), rtol=1e-5, atol=1e-5)
+    torch.library.opcheck(torch.ops.edgecompress.sparse_conv2d, (x, rp, ci, v, None, [1, 1], [1, 1], [0, 0], [1, 1], 0))
+
+
 def test_opcheck_all_ops():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 6, 6, generator=gen).contiguous(memory_format=CL)

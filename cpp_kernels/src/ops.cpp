@@ -35,7 +35,9 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <mutex>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "checks.h"
@@ -559,6 +561,77 @@ float* scratch(int slot, int64_t floats) {
   return b.p;
 }
 
+// Output buffers of the sparse conv, recycled between calls. A multi-MiB tensor from at::empty is often
+// fresh pages: glibc maps large blocks anew and trims its heap when other ops' allocations alternate with
+// ours, so every call faulted its whole output in (752 faults for a 3.2 MB output, interleaved with torch's
+// conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
+// the next call of the same size. Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0
+// turns it off (plain at::empty).
+class OutputPool {
+ public:
+  static OutputPool& instance() {
+    static OutputPool* pool = new OutputPool();  // never destroyed: tensors may be freed during exit
+    return *pool;
+  }
+
+  at::Tensor empty(c10::IntArrayRef sizes, const at::TensorOptions& options) {
+    int64_t numel = 1;
+    for (const int64_t d : sizes) numel *= d;
+    const size_t bytes = size_t(numel) * sizeof(float);
+    if (!enabled_ || bytes < kMinBytes || bytes > kMaxBytes) return at::empty(sizes, options);
+    void* p = take(bytes);
+    if (p == nullptr) {
+      p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      TORCH_CHECK(p != nullptr, "sparse_conv2d: could not allocate ", bytes, " bytes for the output");
+    }
+    return at::from_blob(p, sizes, [bytes](void* q) { OutputPool::instance().give(q, bytes); }, options);
+  }
+
+  int64_t cached_bytes() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return int64_t(held_);
+  }
+
+ private:
+  static constexpr size_t kMinBytes = 256 << 10;  // smaller blocks come from glibc's heap, already mapped
+  static constexpr size_t kMaxBytes = 64 << 20;
+  static constexpr size_t kMaxBuffers = 16;
+
+  OutputPool() {
+    const char* env = std::getenv("EDGECOMPRESS_KERNEL_OUTPUT_CACHE");
+    enabled_ = env == nullptr || std::string(env) != "0";
+  }
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = free_.size(); i-- > 0;) {  // the most recently returned first: still in cache
+      if (free_[i].first == bytes) {
+        void* p = free_[i].second;
+        free_.erase(free_.begin() + int64_t(i));
+        held_ -= bytes;
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace_back(bytes, p);
+    held_ += bytes;
+    while (held_ > kMaxBytes || free_.size() > kMaxBuffers) {  // drop the least recently returned
+      held_ -= free_.front().first;
+      std::free(free_.front().second);
+      free_.erase(free_.begin());
+    }
+  }
+
+  bool enabled_ = true;
+  std::mutex mu_;
+  std::vector<std::pair<size_t, void*>> free_;
+  size_t held_ = 0;
+};
+
 at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
                        int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
                        c10::IntArrayRef dilation) {
@@ -743,7 +816,7 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
     TORCH_CHECK(rpp[n] <= rpp[n + 1], "sparse_conv2d_planned: row_ptr must be non-decreasing (row ", n, ")");
   const at::Tensor b = checks::bias(bias, OC, x, "sparse_conv2d_planned");
   const int64_t Ho = h.ho, Wo = h.wo, KH = h.kh, KW = h.kw, J = h.j, pitch = h.pitch;
-  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options());
+  at::Tensor out = OutputPool::instance().empty({N, OC, Ho, Wo}, x.options());
   const at::Tensor xc = x.contiguous();
   const int isa = current_isa();
   // scratch: a per-thread buffer kept between calls (no zero-filling: every element read is written
