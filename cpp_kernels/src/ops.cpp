@@ -587,11 +587,6 @@ class OutputPool {
     return at::from_blob(p, sizes, [bytes](void* q) { OutputPool::instance().give(q, bytes); }, options);
   }
 
-  int64_t cached_bytes() {
-    std::lock_guard<std::mutex> lock(mu_);
-    return int64_t(held_);
-  }
-
  private:
   static constexpr size_t kMinBytes = 256 << 10;  // smaller blocks come from glibc's heap, already mapped
   static constexpr size_t kMaxBytes = 64 << 20;
