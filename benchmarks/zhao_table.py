@@ -3,7 +3,8 @@ knowledge distillation from the baseline, and FPGM + KD + int8, each exported an
 and onnxruntime: top-1 measured in the runtime on the 10,000 test images, MACs, params, artifact
 bytes, and batch-1 latency from ``edgecompress bench`` (all artifacts interleaved in one run).
 
-    python benchmarks/zhao_table.py --data $EDGECOMPRESS_CIFAR10                 # quick tier
+    python benchmarks/zhao_table.py --data $EDGECOMPRESS_CIFAR10                 # quick tier (8 KD epochs)
+    python benchmarks/zhao_table.py --data ... --epochs 30 --lr 0.03 --round-to 8  # the README row, ~45 min
     python benchmarks/zhao_table.py --data ... --epochs 60 --model resnet56      # full tier (GPU)
 
 Budget, quick tier on the 2-core CPU: 8 KD epochs (~10 min with bf16 autocast), exports and
@@ -137,7 +138,7 @@ def bench_phase(a) -> int:
                      f"{r['params']:,} | {r['ncnn_bytes']:,} | {r['ncnn_ms']:.3f} / {r['ncnn_p90']:.3f} | "
                      f"{r['ort_ms']:.3f} / {r['ort_p90']:.3f} | {r['ncnn_speedup']:.2f}x | {r['ncnn_size_ratio']:.2f}x |")
     note = (f"\n{a.model}, CIFAR-10 test ({len(test.images)} images); FPGM to {a.macs_target:.0%} of the MACs "
-            f"({stage['macs_kept_conv_linear']:.1%} of conv/linear MACs kept); KD {a.epochs} epochs "
+            f"({stage['macs_kept_conv_linear']:.1%} of conv/linear MACs kept, channels a multiple of {a.round_to}); KD {a.epochs} epochs "
             f"(T={a.temperature:g}, α={a.alpha:g}, β={a.beta:g}, lr {a.lr:g} cosine); int8: symmetric (ncnn) / affine "
             f"(onnxruntime) PTQ on 512 training images; latency batch 1, {a.threads} threads, {a.iters} runs, "
             f"interleaved (`edgecompress bench`, fresh process); top-1 measured in each runtime.\n")
