@@ -153,8 +153,8 @@ def test_quantize_u8_matches_reference_half_to_even():
     (1, 8, 12, 12, 8, 3, 1, 2, 2, 0.3),
     (1, 12, 7, 7, 5, 1, 2, 0, 1, 0.0),       # an all-zero weight: bias only
     (1, 4, 5, 67, 3, 3, 1, 0, 1, 1.0),       # dense, width > one vector tile
-    (1, 256, 14, 14, 40, 1, 1, 0, 1, 0.3),   # 1x1, H*W % 16 != 0 (aligned copy), 4 input-channel blocks
-    (1, 96, 8, 8, 24, 1, 1, 0, 1, 0.3),      # 1x1 on the input planes themselves, 2 blocks
+    (1, 256, 14, 14, 40, 1, 1, 0, 1, 0.3),   # 1x1, H*W % 16 != 0 (aligned copy), one input-channel block
+    (1, 96, 8, 8, 24, 1, 1, 0, 1, 0.3),      # 1x1 on the input planes themselves
     (2, 64, 20, 20, 16, 3, 1, 1, 1, 0.3),    # stride 1, output through the scratch rows, 2 blocks
     (1, 48, 21, 17, 12, 3, 2, 1, 1, 0.3),    # stride 2: 4 phases, odd sizes, 2 blocks
     (1, 8, 23, 23, 6, 5, 3, 2, 2, 0.5),      # stride 3, dilation 2: 9 phases
@@ -234,6 +234,23 @@ def test_sparse_plan_is_reused_and_checked():
             ops.sparse_conv2d_planned(x, plan[:-1].clone(), rp, v, None, (3, 3), (2, 2), (1, 1))
         with pytest.raises(RuntimeError, match="col_idx"):
             ops.sparse_plan(rp, ci, 8, 15, 15, (3, 3), (2, 2), (1, 1))
+
+
+def test_sparse_plan_blocks_3x3_not_1x1():
+    """The plan splits a wide 3x3 layer's input channels into L1-sized blocks (a per-row block table
+    follows the nonzero offsets) and reads a 1x1 layer's channels in one block (measured faster)."""
+    if not ops.compiled():
+        pytest.skip("the Python fallback has no block table")
+    gen = torch.Generator().manual_seed(9)
+    for k, blocked in ((1, False), (3, True)):
+        w = torch.randn(64, 512, k, k, generator=gen) * (torch.rand(64, 512, k, k, generator=gen) < 0.1)
+        rp, ci, v = ops.sparse_pack(w)
+        plan = ops.sparse_plan(rp, ci, 512, 14, 14, (k, k), (1, 1), ((k - 1) // 2,) * 2)
+        header = 64
+        assert (plan.numel() > header + ci.numel()) == blocked, (k, plan.numel(), ci.numel())
+        x = torch.randn(1, 512, 14, 14, generator=gen)
+        torch.testing.assert_close(ops.sparse_conv2d_planned(x, plan, rp, v, None, (k, k), (1, 1), ((k - 1) // 2,) * 2),
+                                   F.conv2d(x, w, None, 1, (k - 1) // 2), rtol=1e-4, atol=1e-4)
 
 
 def test_sparse_outputs_are_recycled_never_shared():
