@@ -236,21 +236,35 @@ def test_sparse_plan_is_reused_and_checked():
             ops.sparse_plan(rp, ci, 8, 15, 15, (3, 3), (2, 2), (1, 1))
 
 
-def test_sparse_plan_blocks_3x3_not_1x1():
-    """The plan splits a wide 3x3 layer's input channels into L1-sized blocks (a per-row block table
-    follows the nonzero offsets) and reads a 1x1 layer's channels in one block (measured faster)."""
+def test_sparse_plan_blocks_and_the_module_times_both():
+    """By default the plan splits a wide layer's input channels into L1-sized blocks (a per-row block
+    table follows the nonzero offsets); block_channels >= C gives one block. Both compute the conv, and
+    SparseConv2d times the two on its first input and keeps one."""
+    from edgecompress.kernels.modules import SPARSE_PLAN_HEADER, SparseConv2d
+
     if not ops.compiled():
         pytest.skip("the Python fallback has no block table")
     gen = torch.Generator().manual_seed(9)
-    for k, blocked in ((1, False), (3, True)):
+    for k in (1, 3):
+        p = (k - 1) // 2
         w = torch.randn(64, 512, k, k, generator=gen) * (torch.rand(64, 512, k, k, generator=gen) < 0.1)
         rp, ci, v = ops.sparse_pack(w)
-        plan = ops.sparse_plan(rp, ci, 512, 14, 14, (k, k), (1, 1), ((k - 1) // 2,) * 2)
-        header = 64
-        assert (plan.numel() > header + ci.numel()) == blocked, (k, plan.numel(), ci.numel())
         x = torch.randn(1, 512, 14, 14, generator=gen)
-        torch.testing.assert_close(ops.sparse_conv2d_planned(x, plan, rp, v, None, (k, k), (1, 1), ((k - 1) // 2,) * 2),
-                                   F.conv2d(x, w, None, 1, (k - 1) // 2), rtol=1e-4, atol=1e-4)
+        want = F.conv2d(x, w, None, 1, p)
+        blocked = ops.sparse_plan(rp, ci, 512, 14, 14, (k, k), (1, 1), (p, p))
+        one = ops.sparse_plan(rp, ci, 512, 14, 14, (k, k), (1, 1), (p, p), block_channels=512)
+        assert blocked.numel() > SPARSE_PLAN_HEADER + ci.numel() and one.numel() == SPARSE_PLAN_HEADER + ci.numel()
+        for plan in (blocked, one):
+            torch.testing.assert_close(ops.sparse_conv2d_planned(x, plan, rp, v, None, (k, k), (1, 1), (p, p)), want,
+                                       rtol=1e-4, atol=1e-4)
+        conv = torch.nn.Conv2d(512, 64, k, 1, p, bias=False)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            sp = SparseConv2d.from_conv(conv)
+            torch.testing.assert_close(sp(x), want, rtol=1e-4, atol=1e-4)
+        assert sp.plan_choices[(512, 14, 14)] in ("L1 blocks", "one block")
+    with pytest.raises(RuntimeError, match="block_channels must be >= 0"):
+        ops.sparse_plan(rp, ci, 512, 14, 14, (3, 3), (1, 1), (1, 1), block_channels=-1)
 
 
 def test_sparse_outputs_are_recycled_never_shared():

@@ -17,7 +17,8 @@
 //                 int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
 //                 int activation) -> Tensor
 //   sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width,
-//               int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor
+//               int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
+//               int block_channels=0) -> Tensor
 //   sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias,
 //                         int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation,
 //                         int activation) -> Tensor     (sparse_conv2d = sparse_plan + this)
@@ -629,8 +630,10 @@ class OutputPool {
 
 at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
                        int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                       c10::IntArrayRef dilation) {
+                       c10::IntArrayRef dilation, int64_t block_channels) {
   checks::conv_geometry(op, kernel_size, stride, padding, dilation, 0);
+  TORCH_CHECK(block_channels >= 0, op, ": block_channels must be >= 0 (0: chosen for L1, C or more: one block), got ",
+              block_channels);
   TORCH_CHECK(row_ptr.device().is_cpu() && col_idx.device().is_cpu(),
               op, ": row_ptr and col_idx must be CPU tensors (plans are for the CPU kernel)");
   TORCH_CHECK(row_ptr.scalar_type() == at::kInt && row_ptr.dim() == 1 && row_ptr.numel() >= 2,
@@ -740,12 +743,10 @@ at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tenso
         sorted = false;
         break;
       }
-  // 1x1 convs read every input channel in one block: for them a block's extra pass (a load and a store of
-  // the row's output tile) cost more than the L2 reads the blocking saved. Measured at 90% sparsity on the
-  // 15 ResNet-50 1x1 layers (batch 1, 2 threads, both plans and torch's conv in shuffled order, 40 rounds):
-  // one block ran 0.97-1.34x the speed of the blocked plan, median 1.05x, most on 7x7/14x14 maps with
-  // 1024-2048 channels. 3x3 layers keep the blocking.
-  if (KH * KW == 1) cc = C;
+  // block_channels overrides the choice. Which is faster depends on the layer and its density: on ResNet-50's
+  // 1x1 layers at 90% sparsity one block ran 0.97-1.34x the speed of these L1 blocks, at 50% 0.71-1.06x
+  // (batch 1, 2 threads, shuffled-order A/B); SparseConv2d times both on the layer's input and keeps the faster.
+  if (block_channels > 0) cc = block_channels;
   if (!sorted || cc >= C) cc = C;
   const int64_t nq = (C + cc - 1) / cc;
   h.nq = int32_t(nq), h.cc = int32_t(cc);
@@ -771,8 +772,9 @@ at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tenso
 
 at::Tensor sparse_plan(const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
                        int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
-                       c10::IntArrayRef dilation) {
-  return build_plan("sparse_plan", row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation);
+                       c10::IntArrayRef dilation, int64_t block_channels) {
+  return build_plan("sparse_plan", row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation,
+                    block_channels);
 }
 
 const SpPlan& plan_header(const at::Tensor& plan) {
@@ -948,7 +950,8 @@ at::Tensor sparse_conv2d(const at::Tensor& x, const at::Tensor& row_ptr, const a
   checks::conv_geometry("sparse_conv2d", kernel_size, stride, padding, dilation, activation);
   checks::bias(bias, row_ptr.numel() - 1, x, "sparse_conv2d");
   const at::Tensor plan =
-      build_plan("sparse_conv2d", row_ptr, col_idx, x.size(1), x.size(2), x.size(3), kernel_size, stride, padding, dilation);
+      build_plan("sparse_conv2d", row_ptr, col_idx, x.size(1), x.size(2), x.size(3), kernel_size, stride, padding, dilation,
+                 0);
   return sparse_conv2d_planned(x, plan, row_ptr, values, bias, kernel_size, stride, padding, dilation, activation);
 }
 
@@ -971,7 +974,7 @@ TORCH_LIBRARY(edgecompress, m) {
       "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");
   m.def(
       "sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width, int[2] kernel_size, "
-      "int[2] stride, int[2] padding, int[2] dilation) -> Tensor");
+      "int[2] stride, int[2] padding, int[2] dilation, int block_channels=0) -> Tensor");
   m.def(
       "sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias, int[2] kernel_size, "
       "int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor");

@@ -29,7 +29,7 @@ SCHEMAS = {
     "sparse_conv2d": ("sparse_conv2d(Tensor x, Tensor row_ptr, Tensor col_idx, Tensor values, Tensor? bias, "
                       "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int activation) -> Tensor"),
     "sparse_plan": ("sparse_plan(Tensor row_ptr, Tensor col_idx, int in_channels, int height, int width, "
-                    "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation) -> Tensor"),
+                    "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, int block_channels=0) -> Tensor"),
     "sparse_conv2d_planned": ("sparse_conv2d_planned(Tensor x, Tensor plan, Tensor row_ptr, Tensor values, Tensor? bias, "
                               "int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
                               "int activation) -> Tensor"),
@@ -135,7 +135,7 @@ def _register_fakes() -> None:
         return x.new_empty(_conv_out_shape(x, row_ptr.shape[0] - 1, kernel_size, stride, padding, dilation))
 
     @torch.library.register_fake("edgecompress::sparse_plan", lib=_fake_lib())
-    def _(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation):
+    def _(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation, block_channels=0):
         # the plan's length depends on the nonzeros' layout (its channel-block table)
         return row_ptr.new_empty((torch.library.get_ctx().new_dynamic_size(),), dtype=torch.int32)
 
@@ -202,13 +202,15 @@ def sparse_conv2d(x, row_ptr, col_idx, values, bias, kernel_size, stride=(1, 1),
 
 
 def sparse_plan(row_ptr, col_idx, in_channels, height, width, kernel_size, stride=(1, 1), padding=(0, 0),
-                dilation=(1, 1)) -> torch.Tensor:
+                dilation=(1, 1), block_channels: int = 0) -> torch.Tensor:
     """The CPU kernel's plan for these CSR weights on a ``in_channels x height x width`` input: the
     input layout and every nonzero's source offset, computed once (``SparseConv2d`` caches it per input
-    size) instead of on every ``sparse_conv2d`` call."""
+    size) instead of on every ``sparse_conv2d`` call. ``block_channels``: input channels per block of
+    the SpMM (0: sized for L1; ``in_channels`` or more: one block)."""
     load()
     return torch.ops.edgecompress.sparse_plan(row_ptr, col_idx, int(in_channels), int(height), int(width),
-                                              list(kernel_size), list(stride), list(padding), list(dilation))
+                                              list(kernel_size), list(stride), list(padding), list(dilation),
+                                              int(block_channels))
 
 
 def sparse_conv2d_planned(x, plan, row_ptr, values, bias, kernel_size, stride=(1, 1), padding=(0, 0),

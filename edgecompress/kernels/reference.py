@@ -152,7 +152,9 @@ def sparse_conv2d(x, row_ptr, col_idx, values, bias, kernel_size, stride, paddin
 _PLAN_HEADER = 8
 
 
-def sparse_plan(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation):
+def sparse_plan(row_ptr, col_idx, in_channels, height, width, kernel_size, stride, padding, dilation, block_channels=0):
+    if block_channels < 0:
+        raise RuntimeError(f"sparse_plan: block_channels must be >= 0 (0: chosen for L1), got {block_channels}")
     oc, nnz = row_ptr.numel() - 1, col_idx.numel()
     k = in_channels * kernel_size[0] * kernel_size[1]
     if nnz and (int(col_idx.min()) < 0 or int(col_idx.max()) >= k):
