@@ -41,7 +41,15 @@ def main() -> None:
     ap.add_argument("--test-subset", type=int, default=None)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--out", default="benchmarks/results/prune_sweep")
+    ap.add_argument("--replot", default=None, metavar="JSON", help="redraw the plot of a saved sweep, and exit")
     a = ap.parse_args()
+    if a.replot:
+        saved = json.loads(Path(a.replot).read_text())
+        pts = [SweepPoint(r["ratio"], r["top1"], r["params"], r["macs"], r["top1_before_finetune"]) for r in saved["points"]]
+        kind = saved["kind"]
+        plot(pts, Path(a.replot).with_suffix(".png"), title=f"ResNet-20 CIFAR-10, {kind} "
+             f"{saved['method'] if kind == 'structured' else 'global magnitude'}, {saved['steps']} KD steps per point")
+        return
     if a.threads:
         torch.set_num_threads(a.threads)
     seed_everything(0)

@@ -79,7 +79,7 @@ def plot(points: list[SweepPoint], path: str | os.PathLike, title: str = "") -> 
 
     pts = sorted(points, key=lambda p: p.ratio)
     p0 = pts[0].params
-    fig, ax = plt.subplots(figsize=(6, 4), dpi=120)
+    fig, (ax, axb) = plt.subplots(1, 2, figsize=(10, 4), dpi=120, gridspec_kw={"width_ratios": [3, 2]})
     x = [100 * p.params / p0 for p in pts]
     ax.plot(x, [100 * p.top1 for p in pts], "o-", label="after fine-tuning")
     if all(p.top1_before_finetune is not None for p in pts):
@@ -96,6 +96,13 @@ def plot(points: list[SweepPoint], path: str | os.PathLike, title: str = "") -> 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     ax.set_title(title, fontsize=9)
+    # Performance Efficiency (Malihi & Heidemann): top-1 per million parameters, one bar per ratio
+    axb.bar([f"{p.ratio:.0%}" for p in pts], [performance_efficiency(p.top1, p.params) for p in pts],
+            color=["red" if bp is not None and p is bp else "tab:blue" for p in pts])
+    axb.set_xlabel("pruned")
+    axb.set_ylabel("performance efficiency (top-1 / M params)")
+    axb.tick_params(axis="x", labelsize=7)
+    axb.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     path = Path(path)
     tmp = path.with_name(path.stem + ".tmp" + path.suffix)
