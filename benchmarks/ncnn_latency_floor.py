@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -40,6 +41,13 @@ def main(argv=None) -> int:
     ap.add_argument("--work", default="runs/latency_floor")
     ap.add_argument("--out", default="benchmarks/results/latency_floor")
     a = ap.parse_args(argv)
+    try:
+        targets = [float(v) for v in a.macs_targets.split(",")]
+        threads = tuple(int(v) for v in a.threads.split(","))
+    except ValueError:
+        ap.error(f"--macs-targets {a.macs_targets!r} / --threads {a.threads!r}: pass comma lists, e.g. 1,0.5,0.25 and 1,2")
+    if not targets or targets[0] != 1 or not all(0 < t <= 1 for t in targets) or min(threads) < 1:
+        ap.error("--macs-targets must start with 1 (the unpruned reference) and lie in (0, 1]; --threads must be >= 1")
     calib, _ = ec.cifar10_loaders(a.data, batch_size=64, train_subset=256, test_subset=100, seed=0)
     base = ec.load_pretrained(a.model).eval()
     x = (torch.zeros(1, 3, 32, 32),)
@@ -48,22 +56,19 @@ def main(argv=None) -> int:
     folders = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        for t in (float(v) for v in a.macs_targets.split(",")):
+        for t in targets:
             m = copy.deepcopy(base)
             if t < 1:
                 prune_(m, PruneConfig(method="fpgm", macs_target=t, round_to=a.round_to), x)
             m.eval()
             d = work / f"macs{t:g}"
             if d.exists():
-                import shutil
-
                 shutil.rmtree(d)
             get_exporter("ncnn").export(m, x, d)
             q = copy.deepcopy(m)
             quantize_(q, QuantConfig(calib_batches=4), calib, target="ncnn", progress=False)
             get_exporter("ncnn-int8").export(q, x, d)
             folders.append(d)
-    threads = tuple(int(v) for v in a.threads.split(","))
     table = bench(folders, runtimes=("ncnn",), threads=threads, warmup=30, iters=a.iters, input_shape=(3, 32, 32),
                   memory=False, log=print)
     out = Path(a.out)
