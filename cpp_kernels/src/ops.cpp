@@ -744,8 +744,8 @@ at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tenso
         break;
       }
   // block_channels overrides the choice. Which is faster depends on the layer and its density: on ResNet-50's
-  // 1x1 layers at 90% sparsity one block ran 0.97-1.34x the speed of these L1 blocks, at 50% 0.71-1.06x
-  // (batch 1, 2 threads, shuffled-order A/B); SparseConv2d times both on the layer's input and keeps the faster.
+  // 1x1 layers one block ran 0.89-1.42x the speed of these L1 blocks at 90% sparsity, 0.63-0.86x at 50%
+  // (benchmarks/sparse_plan_ab.py); SparseConv2d times both on the layer's input and keeps the faster.
   if (block_channels > 0) cc = block_channels;
   if (!sorted || cc >= C) cc = C;
   const int64_t nq = (C + cc - 1) / cc;

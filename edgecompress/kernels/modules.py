@@ -154,7 +154,8 @@ class SparseConv2d(nn.Module):
         """The plan for this input size. When the kernel's default plan splits the input channels into
         L1-sized blocks, a one-block plan is timed against it on ``x`` (3 alternating rounds after a warm
         call each) and the faster is kept: which wins depends on the layer and its density (one block
-        measured 0.71-1.34x the blocked plan's speed on ResNet-50's 1x1 layers at 50-90% sparsity)."""
+        measured 0.63-1.42x the blocked plan's speed on ResNet-50's 1x1 layers at 50-90% sparsity,
+        ``benchmarks/sparse_plan_ab.py``)."""
         E = torch.ops.edgecompress
         shape = (x.shape[1], x.shape[2], x.shape[3])
         plan = E.sparse_plan(self.row_ptr, self.col_idx, *shape, *args)
