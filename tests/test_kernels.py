@@ -79,6 +79,10 @@ CASES = [
     (1, 48, 6, 6, 96, 1, 2, 0, 1, 1),      # 1x1 stride 2 (im2col path)
     (4, 8, 5, 5, 24, 3, 1, 0, 1, 4),       # grouped, no padding
     (1, 7, 13, 5, 9, (3, 1), (2, 1), (1, 0), 1, 1),  # rectangular kernel / stride / padding
+    # patch rows copied as whole kernel-row runs of the padded input (AVX-512): a 7x7 stride-2 RGB stem
+    # over 760 output pixels (several 128-row steps, the last one partial), and dilation along H only
+    (2, 3, 40, 37, 64, 7, 2, 3, 1, 1),
+    (1, 3, 20, 21, 16, 3, 1, 2, (2, 1), 1),
     # Kp % 64 == 0: the AMX tile path where the CPU has it (16-row groups, VNNI row tails, 16-channel tails)
     (2, 64, 20, 20, 48, 3, 1, 1, 1, 1),    # implicit GEMM, 64 channels per tap, 20-pixel lines
     (1, 128, 9, 9, 40, 3, 2, 1, 1, 1),     # patch matrix, Kp = 1152

@@ -79,6 +79,18 @@ struct DwArgs {
   void* out;  // NHWC, channel stride 1, pixel stride c
 };
 
+// Patch rows of a conv whose kernel rows are contiguous runs of a padded NHWC input (one group, unit
+// dilation along W): row m (output pixel p0 + m over N*Ho*Wo) = KH runs of `run` = KW*C bytes; bytes
+// [KH*run, stride) are left unspecified (the packed weights are zero there). x is the input padded to
+// hp x wp (padding filled with the zero point).
+struct PatchArgs {
+  const uint8_t* x;
+  int64_t hp, wp, c, ho, wo;
+  int kh, sh, sw, dh;
+  int64_t run, stride;
+};
+void patch_rows_avx512(const PatchArgs& a, int64_t p0, int64_t count, uint8_t* col);
+
 void gemm_ref(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_avx2(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);

@@ -29,11 +29,17 @@ inline int32_t load4(const uint8_t* p) {
   return v;
 }
 
-// Per-channel epilogue constants of 16 output channels [nn, nn + 16), loaded once per panel vector.
+// Per-channel epilogue constants of 16 output channels [nn, nn + 16), loaded once per panel vector, and
+// the u8 requantization bounds. For u8 outputs the activation and the clamp to [0, 255] are one clamp of
+// q = v * inv_scale to [lo, hi], exactly the reference's result: inv_scale > 0, so relu(v) * inv = max(q, 0)
+// and min(v, 6) * inv = min(q, fl(6 * inv)) (float rounding is monotonic); lo and hi are integers or
+// clamp below the integer 255 - zp, so rounding commutes with the clamp and q + zp lands in [0, 255].
 struct Epi16 {
   __m512i corr, wzp;
   __m512 mult, bias;
   __mmask16 mask;
+  __m512 inv, lo, hi;
+  __m512i zp;
 };
 
 template <class Args>
@@ -44,6 +50,16 @@ inline Epi16 epi_load(const Args& g, int64_t nn, __mmask16 mask) {
   e.wzp = g.wzp ? _mm512_maskz_loadu_epi32(mask, g.wzp + nn) : _mm512_setzero_si512();
   e.mult = _mm512_maskz_loadu_ps(mask, g.mult + nn);
   e.bias = _mm512_maskz_loadu_ps(mask, g.bias + nn);
+  float lo = -float(g.out_zp), hi = 255.f - float(g.out_zp);
+  if (g.act != kActNone && lo < 0.f) lo = 0.f;
+  if (g.act == kActRelu6) {
+    const float six_inv = 6.f * g.out_inv_scale;  // one float32 rounding, as the vector multiply
+    if (six_inv < hi) hi = six_inv;
+  }
+  e.inv = _mm512_set1_ps(g.out_inv_scale);
+  e.lo = _mm512_set1_ps(lo);
+  e.hi = _mm512_set1_ps(hi);
+  e.zp = _mm512_set1_epi32(g.out_zp);
   return e;
 }
 
@@ -59,16 +75,15 @@ inline void epilogue16(const Args& g, const Epi16& e, __m512i acc, __m512i xsum,
   }
   __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult);
   v = _mm512_add_ps(v, e.bias);
-  if (g.act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
-  if (g.act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
   if (g.out_kind == kOutF32) {
+    if (g.act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (g.act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
     _mm512_mask_storeu_ps(static_cast<float*>(g.out) + out_idx, e.mask, v);
     return;
   }
-  __m512 q = _mm512_mul_ps(v, _mm512_set1_ps(g.out_inv_scale));
-  q = _mm512_min_ps(_mm512_max_ps(q, _mm512_set1_ps(-1e6f)), _mm512_set1_ps(1e6f));
-  __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), _mm512_set1_epi32(g.out_zp));  // nearest-even
-  qi = _mm512_min_epi32(_mm512_max_epi32(qi, _mm512_setzero_si512()), _mm512_set1_epi32(255));
+  __m512 q = _mm512_mul_ps(v, e.inv);
+  q = _mm512_min_ps(_mm512_max_ps(q, e.lo), e.hi);
+  const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp);  // nearest-even, already in [0, 255]
   _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.out) + out_idx, e.mask, qi);
 }
 
@@ -344,6 +359,41 @@ void gather2_avx512(float* dst, const float* src, int64_t n) {
     const __m512 lo = _mm512_maskz_loadu_ps(mask_for(need), p);
     const __m512 hi = _mm512_maskz_loadu_ps(need > 16 ? mask_for(need - 16) : __mmask16(0), p + 16);
     _mm512_mask_storeu_ps(dst + i, mask_for(r), _mm512_permutex2var_ps(lo, even, hi));
+  }
+}
+
+void patch_rows_avx512(const PatchArgs& a, int64_t p0, int64_t count, uint8_t* col) {
+  // Bytes [kg, stride) of a row meet zero weights (the packed weights are zero-padded), so they are left as
+  // they are: short runs are stored as whole 32-byte vectors, each overwriting the previous one's excess.
+  const int64_t kg = a.kh * a.run, pitch = a.wp * a.c, tap_row = a.dh * pitch;
+  const bool short_runs = a.run <= 32 && kg - a.run + 32 <= a.stride;
+  const __mmask32 k32 = short_runs ? __mmask32((uint64_t(1) << a.run) - 1) : 0;
+  int64_t img = p0 / (a.ho * a.wo), oh = (p0 / a.wo) % a.ho, ow = p0 % a.wo;
+  const uint8_t* line = a.x + (img * a.hp + oh * a.sh) * pitch;  // first kernel row of output line (img, oh)
+  for (int64_t m = 0; m < count; ++m) {
+    uint8_t* row = col + m * a.stride;
+    const uint8_t* src = line + ow * a.sw * a.c;
+    if (short_runs) {
+      for (int i = 0; i < a.kh; ++i, src += tap_row)
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(row + i * a.run), _mm256_maskz_loadu_epi8(k32, src));
+    } else {
+      for (int i = 0; i < a.kh; ++i, src += tap_row) {
+        uint8_t* d = row + i * a.run;
+        for (int64_t o = 0; o < a.run; o += 64) {
+          const int64_t left = a.run - o;
+          const __mmask64 k = left >= 64 ? ~__mmask64(0) : (__mmask64(1) << left) - 1;
+          _mm512_mask_storeu_epi8(d + o, k, _mm512_maskz_loadu_epi8(k, src + o));
+        }
+      }
+    }
+    if (++ow == a.wo) {  // next output line (possibly the next image)
+      ow = 0;
+      if (++oh == a.ho) {
+        oh = 0;
+        ++img;
+      }
+      line = a.x + (img * a.hp + oh * a.sh) * pitch;
+    }
   }
 }
 

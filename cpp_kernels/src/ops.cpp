@@ -167,6 +167,77 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
   return span < 0 ? 0 : span / s + 1;  // floor division: an input smaller than the kernel has no output
 }
 
+// Output buffers of the int8 and sparse convs (and the int8 conv's padded input), recycled between calls. A multi-MiB tensor from at::empty is often
+// fresh pages: glibc maps large blocks anew and trims its heap when other ops' allocations alternate with
+// ours, so every call faulted its whole output in (752 faults for a 3.2 MB output, interleaved with torch's
+// conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
+// the next call of the same size. Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0
+// turns it off (plain at::empty).
+class OutputPool {
+ public:
+  static OutputPool& instance() {
+    static OutputPool* pool = new OutputPool();  // never destroyed: tensors may be freed during exit
+    return *pool;
+  }
+
+  // A tensor like at::empty(sizes, options, format) (contiguous or channels_last, uninitialised).
+  at::Tensor empty(c10::IntArrayRef sizes, const at::TensorOptions& options,
+                   at::MemoryFormat format = at::MemoryFormat::Contiguous) {
+    int64_t numel = 1;
+    for (const int64_t d : sizes) numel *= d;
+    const size_t bytes = size_t(numel) * options.dtype().itemsize();
+    if (!enabled_ || bytes < kMinBytes || bytes > kMaxBytes) return at::empty(sizes, options.memory_format(format));
+    void* p = take(bytes);
+    if (p == nullptr) {
+      p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+      TORCH_CHECK(p != nullptr, "edgecompress kernels: could not allocate ", bytes, " bytes for an output");
+    }
+    auto deleter = [bytes](void* q) { OutputPool::instance().give(q, bytes); };
+    if (format == at::MemoryFormat::ChannelsLast)
+      return at::from_blob(p, sizes, c10::get_channels_last_strides_2d(sizes), deleter, options);
+    return at::from_blob(p, sizes, deleter, options);
+  }
+
+ private:
+  static constexpr size_t kMinBytes = 256 << 10;  // smaller blocks come from glibc's heap, already mapped
+  static constexpr size_t kMaxBytes = 64 << 20;
+  static constexpr size_t kMaxBuffers = 16;
+
+  OutputPool() {
+    const char* env = std::getenv("EDGECOMPRESS_KERNEL_OUTPUT_CACHE");
+    enabled_ = env == nullptr || std::string(env) != "0";
+  }
+
+  void* take(size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (size_t i = free_.size(); i-- > 0;) {  // the most recently returned first: still in cache
+      if (free_[i].first == bytes) {
+        void* p = free_[i].second;
+        free_.erase(free_.begin() + int64_t(i));
+        held_ -= bytes;
+        return p;
+      }
+    }
+    return nullptr;
+  }
+
+  void give(void* p, size_t bytes) {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_.emplace_back(bytes, p);
+    held_ += bytes;
+    while (held_ > kMaxBytes || free_.size() > kMaxBuffers) {  // drop the least recently returned
+      held_ -= free_.front().first;
+      std::free(free_.front().second);
+      free_.erase(free_.begin());
+    }
+  }
+
+  bool enabled_ = true;
+  std::mutex mu_;
+  std::vector<std::pair<size_t, void*>> free_;
+  size_t held_ = 0;
+};
+
 // ---------------------------------------------------------------------------------------------------
 // _mm_rcp_ps of every element: an approximation (relative error <= 1.5 * 2^-12) whose low bits
 // differ between CPU vendors, so it is computed here, on the CPU ncnn runs on, not emulated.
@@ -324,7 +395,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   const int64_t Wo = out_size(W, KW, stride[1], padding[1], dilation[1]);
   TORCH_CHECK(Ho >= 1 && Wo >= 1, "int8_conv2d: input ", H, "x", W, " is smaller than the dilated kernel (output would be ",
               Ho, "x", Wo, ")");
-  at::Tensor out = at::empty({N, OC, Ho, Wo}, x.options().dtype(out_dtype), at::MemoryFormat::ChannelsLast);
+  at::Tensor out = OutputPool::instance().empty({N, OC, Ho, Wo}, x.options().dtype(out_dtype), at::MemoryFormat::ChannelsLast);
   if (out.numel() == 0) return out;
 
   // ---- per-channel epilogue constants ----
@@ -367,11 +438,15 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   //  im2col   : otherwise (a 3-channel stem, 7x7 maps) a patch matrix per task, zero-padded to Kp.
   const bool pointwise = groups == 1 && KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && C % 4 == 0;
   const bool implicit = !pointwise && icg % 4 == 0 && Wo >= 16;  // short lines waste micro-tile rows
+  //  (im2col with AVX-512, one group and unit W dilation: the patch rows are KH contiguous runs of the padded
+  //   input, copied with masked 64-byte moves; measured 2.2 of 3.5 ms in the ResNet-50 stem at batch 8 with
+  //   the per-tap copies from the unpadded input that the other cases use)
+  const bool run_rows = !pointwise && !implicit && groups == 1 && dilation[1] == 1 && isa >= kIsaAvx512Vnni;
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   at::Tensor xpad;  // every byte is written below (no zero-fill)
   const uint8_t* xsrc = xd;
-  if (implicit && (ph || pw)) {
-    xpad = at::empty({N * Hp * Wp * C}, x.options());
+  if ((implicit || run_rows) && (ph || pw)) {
+    xpad = OutputPool::instance().empty({N * Hp * Wp * C}, x.options());
     uint8_t* xp = xpad.data_ptr<uint8_t>();
     at::parallel_for(0, N * Hp, 16, [&](int64_t r0, int64_t r1) {
       for (int64_t r = r0; r < r1; ++r) {
@@ -468,6 +543,23 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
         if (pointwise) {
           ta.a = xd + m0 * C;
           ta.lda = C;
+        } else if (run_rows) {
+          // 128 rows at a time: a 24 KiB patch buffer for the stem (L1) instead of the task's ~1300 rows; the
+          // stem measured the same speed either way (64, 128 or all rows per step, one interleaved run)
+          constexpr int64_t chunk = 128;
+          col.resize(size_t(std::min(rows, chunk) * col_stride));
+          const PatchArgs pa{xsrc, Hp, Wp, C, Ho, Wo, int(KH), int(sh), int(sw), int(dh), KW * C, col_stride};
+          for (int64_t c0 = m0; c0 < m1; c0 += chunk) {
+            const int64_t cn = std::min(chunk, m1 - c0);
+            patch_rows_avx512(pa, c0, cn, col.data());
+            ta.a = col.data();
+            ta.lda = col_stride;
+            if (any_wzp) row_sums(ta.a, ta.lda, cn);
+            ta.rowsum = any_wzp ? rsum.data() : nullptr;
+            ta.out = static_cast<char*>(ga.out) + c0 * OC * esize;
+            run(ta, cn);
+          }
+          continue;
         } else {
           col.resize(size_t(rows * col_stride));
           for (int64_t m = 0; m < rows; ++m) {
@@ -561,72 +653,6 @@ float* scratch(int slot, int64_t floats) {
   }
   return b.p;
 }
-
-// Output buffers of the sparse conv, recycled between calls. A multi-MiB tensor from at::empty is often
-// fresh pages: glibc maps large blocks anew and trims its heap when other ops' allocations alternate with
-// ours, so every call faulted its whole output in (752 faults for a 3.2 MB output, interleaved with torch's
-// conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
-// the next call of the same size. Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0
-// turns it off (plain at::empty).
-class OutputPool {
- public:
-  static OutputPool& instance() {
-    static OutputPool* pool = new OutputPool();  // never destroyed: tensors may be freed during exit
-    return *pool;
-  }
-
-  at::Tensor empty(c10::IntArrayRef sizes, const at::TensorOptions& options) {
-    int64_t numel = 1;
-    for (const int64_t d : sizes) numel *= d;
-    const size_t bytes = size_t(numel) * sizeof(float);
-    if (!enabled_ || bytes < kMinBytes || bytes > kMaxBytes) return at::empty(sizes, options);
-    void* p = take(bytes);
-    if (p == nullptr) {
-      p = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
-      TORCH_CHECK(p != nullptr, "sparse_conv2d: could not allocate ", bytes, " bytes for the output");
-    }
-    return at::from_blob(p, sizes, [bytes](void* q) { OutputPool::instance().give(q, bytes); }, options);
-  }
-
- private:
-  static constexpr size_t kMinBytes = 256 << 10;  // smaller blocks come from glibc's heap, already mapped
-  static constexpr size_t kMaxBytes = 64 << 20;
-  static constexpr size_t kMaxBuffers = 16;
-
-  OutputPool() {
-    const char* env = std::getenv("EDGECOMPRESS_KERNEL_OUTPUT_CACHE");
-    enabled_ = env == nullptr || std::string(env) != "0";
-  }
-
-  void* take(size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (size_t i = free_.size(); i-- > 0;) {  // the most recently returned first: still in cache
-      if (free_[i].first == bytes) {
-        void* p = free_[i].second;
-        free_.erase(free_.begin() + int64_t(i));
-        held_ -= bytes;
-        return p;
-      }
-    }
-    return nullptr;
-  }
-
-  void give(void* p, size_t bytes) {
-    std::lock_guard<std::mutex> lock(mu_);
-    free_.emplace_back(bytes, p);
-    held_ += bytes;
-    while (held_ > kMaxBytes || free_.size() > kMaxBuffers) {  // drop the least recently returned
-      held_ -= free_.front().first;
-      std::free(free_.front().second);
-      free_.erase(free_.begin());
-    }
-  }
-
-  bool enabled_ = true;
-  std::mutex mu_;
-  std::vector<std::pair<size_t, void*>> free_;
-  size_t held_ = 0;
-};
 
 at::Tensor build_plan(const char* op, const at::Tensor& row_ptr, const at::Tensor& col_idx, int64_t in_channels, int64_t height,
                        int64_t width, c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
