@@ -17,6 +17,7 @@ import json
 import platform
 import random
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -279,7 +280,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result = {"isa": isa, "threads": args.threads, "torch": torch.__version__, "cpu": platform.processor(),
-              "command": "python benchmarks/bench_kernels.py " + " ".join(argv if argv is not None else [])}
+              "command": "python benchmarks/bench_kernels.py " + " ".join(sys.argv[1:] if argv is None else argv)}
     import onnxruntime
 
     result["onnxruntime"] = onnxruntime.__version__

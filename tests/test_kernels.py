@@ -295,6 +295,31 @@ def test_sparse_outputs_are_recycled_never_shared():
     torch.library.opcheck(torch.ops.edgecompress.sparse_conv2d, (x, rp, ci, v, None, [1, 1], [1, 1], [0, 0], [1, 1], 0))
 
 
+def test_int8_outputs_are_recycled_never_shared():
+    """The int8 conv's outputs come from the same buffer cache, channels_last, with the same guarantees."""
+    if not ops.compiled():
+        pytest.skip("the Python fallback allocates with torch")
+    gen = torch.Generator().manual_seed(9)
+    x = torch.randint(0, 256, (1, 3, 130, 130), dtype=torch.uint8, generator=gen).contiguous(memory_format=CL)
+    wq = torch.randint(-127, 128, (32, 3, 7, 7), dtype=torch.int8, generator=gen)
+    pk = ops.int8_pack_weight(wq, 1)
+    ws, wz = torch.full((32,), 0.01), torch.zeros(32, dtype=torch.int32)
+
+    def run(inp):  # a stride-2 7x7 stem: padded input, patch rows; output 32 x 65 x 65 int32 = 528 KiB
+        return ops.int8_conv2d(inp, 0.05, 3, pk, ws, wz, None, 32, (7, 7), (2, 2), (3, 3), (1, 1), 1, 0, 1.0, 0,
+                               torch.int32)
+
+    y1, y2 = run(x), run(x)
+    assert y1.data_ptr() != y2.data_ptr() and y1.is_contiguous(memory_format=CL)
+    freed = y2.data_ptr()
+    del y2
+    x2 = (255 - x).contiguous(memory_format=CL)
+    y3 = run(x2)
+    assert y3.data_ptr() == freed
+    assert torch.equal(y1.to(torch.int64), int64_conv(x, 3, wq, wz, (2, 2), (3, 3), (1, 1), 1))  # not overwritten
+    assert torch.equal(y3.to(torch.int64), int64_conv(x2, 3, wq, wz, (2, 2), (3, 3), (1, 1), 1))
+
+
 def test_opcheck_all_ops():
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(2, 8, 6, 6, generator=gen).contiguous(memory_format=CL)
