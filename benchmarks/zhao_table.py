@@ -6,6 +6,10 @@ bytes, and batch-1 latency from ``edgecompress bench`` (all artifacts interleave
     python benchmarks/zhao_table.py --data $EDGECOMPRESS_CIFAR10                 # quick tier (8 KD epochs)
     python benchmarks/zhao_table.py --data ... --epochs 30 --lr 0.03 --round-to 8  # the README row, ~45 min
     python benchmarks/zhao_table.py --data ... --epochs 60 --model resnet56      # full tier (GPU)
+    python benchmarks/zhao_table.py --data ... --epochs 30 --lr 0.03 --macs-target 1 \
+        --drop-blocks layer1.1,layer1.2,layer2.1,layer2.2,layer3.2 --out benchmarks/results/zhao/blocks
+        # depth instead of filters: 5 of 9 residual blocks removed (ncnn's cost per layer, not per MAC,
+        # sets ResNet-20's batch-1 latency on x86: benchmarks/ncnn_latency_floor.py)
 
 Budget, quick tier on the 2-core CPU: 8 KD epochs (~10 min with bf16 autocast), exports and
 calibration (~1 min), top-1 of 8 artifacts on 10k images and 300 timed runs each (~6 min).
@@ -31,6 +35,8 @@ from edgecompress.bench import bench
 from edgecompress.distill import DistillConfig, fit
 from edgecompress.export import get_exporter
 from edgecompress.prune import PruneConfig, prune_
+from edgecompress.prune.blocks import apply_dropped_blocks, drop_blocks
+from edgecompress.prune.graph import layer_macs
 from edgecompress.quantize import QuantConfig, quantize_
 from edgecompress.utils import evaluate
 
@@ -42,7 +48,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", default=None)
     ap.add_argument("--model", default="resnet20", help="a zoo model with shipped CIFAR-10 weights")
-    ap.add_argument("--macs-target", type=float, default=0.5, help="keep this fraction of the MACs (FPGM, global)")
+    ap.add_argument("--macs-target", type=float, default=0.5,
+                    help="keep this fraction of the MACs (FPGM, global; 1: no filter pruning)")
+    ap.add_argument("--drop-blocks", default="",
+                    help="remove residual blocks before FPGM: a count (chosen greedily by output KL on 8 training "
+                         "batches) or comma-separated block names, e.g. layer1.1,layer2.2")
     ap.add_argument("--round-to", type=int, default=1,
                     help="keep a multiple of this many channels per layer (ncnn packs x86 channels by 8); 1: no rounding")
     ap.add_argument("--epochs", type=int, default=8)
@@ -70,12 +80,25 @@ def main(argv=None) -> int:
     teacher = ec.load_pretrained(a.model).eval()
     x = (torch.zeros(1, 3, 32, 32),)
     pruned = copy.deepcopy(teacher)
-    prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=a.macs_target, round_to=a.round_to), x)
+    blocks = {"dropped": []}
+    if a.drop_blocks.strip().isdigit():
+        blocks = drop_blocks(pruned, int(a.drop_blocks), train)
+    elif a.drop_blocks.strip():
+        apply_dropped_blocks(pruned, [b.strip() for b in a.drop_blocks.split(",") if b.strip()])
+        blocks = {"dropped": [b.strip() for b in a.drop_blocks.split(",") if b.strip()]}
+    macs_teacher = sum(layer_macs(teacher, x).values())  # conv/linear MACs, as prune_ reports them
+    if a.macs_target < 1:
+        prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=a.macs_target, round_to=a.round_to), x)
+    else:
+        prep = {"plan": None}
+    prep["blocks_dropped"] = blocks["dropped"]
+    prep["macs_before"], prep["macs_after"] = macs_teacher, sum(layer_macs(pruned, x).values())
     pruned.eval()
     cfg = DistillConfig(epochs=a.epochs, lr=a.lr, weight_decay=5e-4, schedule="cosine", seed=a.seed,
                         temperature=a.temperature, alpha=a.alpha, beta=a.beta, progress=False)
     student = copy.deepcopy(pruned)
-    ckpt = Path(a.ckpt) / f"{a.model}-{ckpt_key(teacher, cfg.to_json(), prep['plan'])}"
+    key_parts = (teacher, cfg.to_json(), prep["plan"]) + ((blocks["dropped"],) if blocks["dropped"] else ())
+    ckpt = Path(a.ckpt) / f"{a.model}-{ckpt_key(*key_parts)}"
     hist = fit(student, train, test, cfg, teacher=teacher, checkpoint_dir=ckpt, resume=True)
     student.eval()
     calib, _ = ec.cifar10_loaders(a.data, batch_size=64, train_subset=512, test_subset=100, seed=a.seed)
@@ -83,8 +106,10 @@ def main(argv=None) -> int:
     for contract in ("ncnn", "onnx"):
         q[contract] = copy.deepcopy(student)
         quantize_(q[contract], QuantConfig(calib_batches=8), calib, target=contract, progress=False)
-    stages = [("baseline", teacher, ("ncnn", "onnx")), ("FPGM", pruned, ("ncnn", "onnx")),
-              ("FPGM + KD", student, ("ncnn", "onnx")), ("FPGM + KD + int8", None, ("ncnn-int8", "onnx-int8"))]
+    label = " + ".join(([f"{len(blocks['dropped'])} blocks dropped"] if blocks["dropped"] else [])
+                       + (["FPGM"] if a.macs_target < 1 else []))
+    stages = [("baseline", teacher, ("ncnn", "onnx")), (label, pruned, ("ncnn", "onnx")),
+              (f"{label} + KD", student, ("ncnn", "onnx")), (f"{label} + KD + int8", None, ("ncnn-int8", "onnx-int8"))]
     folders = {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -95,9 +120,10 @@ def main(argv=None) -> int:
                 m = q[e.split("-")[0]] if model is None else model
                 get_exporter(e).export(m, x, d)
             folders[name] = d
-    torch_top1 = {"baseline": evaluate(teacher, test), "FPGM": evaluate(pruned, test),
-                  "FPGM + KD": evaluate(student, test), "FPGM + KD + int8": evaluate(q["ncnn"], test)}
+    torch_top1 = {"baseline": evaluate(teacher, test), label: evaluate(pruned, test),
+                  f"{label} + KD": evaluate(student, test), f"{label} + KD + int8": evaluate(q["ncnn"], test)}
     stage = {"torch_top1": torch_top1, "folders": {k: str(v) for k, v in folders.items()}, "kd_history": hist,
+             "blocks": blocks,
              "macs_kept_conv_linear": prep["macs_after"] / prep["macs_before"], "train_seconds": round(time.time() - t0, 1)}
     (art / "stage.json").write_text(json.dumps(stage, indent=1, default=str))
     # Time the artifacts in a fresh process, as `edgecompress bench` would, not in the one that has
@@ -137,8 +163,11 @@ def bench_phase(a) -> int:
         lines.append(f"| {r['stage']} | {r['top1_ncnn']:.2%} | {r['top1_onnxruntime']:.2%} | {r['macs']:,} | "
                      f"{r['params']:,} | {r['ncnn_bytes']:,} | {r['ncnn_ms']:.3f} / {r['ncnn_p90']:.3f} | "
                      f"{r['ort_ms']:.3f} / {r['ort_p90']:.3f} | {r['ncnn_speedup']:.2f}x | {r['ncnn_size_ratio']:.2f}x |")
-    note = (f"\n{a.model}, CIFAR-10 test ({len(test.images)} images); FPGM to {a.macs_target:.0%} of the MACs "
-            f"({stage['macs_kept_conv_linear']:.1%} of conv/linear MACs kept, channels a multiple of {a.round_to}); KD {a.epochs} epochs "
+    dropped = stage.get("blocks", {}).get("dropped", [])
+    pruning = (f"residual blocks removed: {', '.join(dropped)}; " if dropped else "") + (
+        f"FPGM to {a.macs_target:.0%} of the MACs (channels a multiple of {a.round_to}); " if a.macs_target < 1 else "")
+    note = (f"\n{a.model}, CIFAR-10 test ({len(test.images)} images); {pruning}"
+            f"{stage['macs_kept_conv_linear']:.1%} of conv/linear MACs kept; KD {a.epochs} epochs "
             f"(T={a.temperature:g}, α={a.alpha:g}, β={a.beta:g}, lr {a.lr:g} cosine); int8: symmetric (ncnn) / affine "
             f"(onnxruntime) PTQ on 512 training images; latency batch 1, {a.threads} threads, {a.iters} runs, "
             f"interleaved (`edgecompress bench`, fresh process); top-1 measured in each runtime.\n")

@@ -2,9 +2,11 @@
 
 Structured pruning physically removes channels of coupled layer groups (``prune_``); its plan can
 rebuild the pruned architecture from fresh model code (``apply_plan``). Unstructured pruning keeps
-shapes and zeroes individual weights under fixed masks (``edgecompress.prune.unstructured``).
+shapes and zeroes individual weights under fixed masks (``edgecompress.prune.unstructured``). Block
+pruning removes whole residual blocks (``drop_blocks``): fewer layers, for runtimes whose cost is per layer.
 """
 
+from edgecompress.prune.blocks import apply_dropped_blocks, drop_blocks, removable_blocks
 from edgecompress.prune.importance import (
     IMPORTANCES,
     FPGMImportance,
@@ -18,4 +20,4 @@ from edgecompress.prune.structured import LegrConfig, PruneConfig, apply_plan, l
 
 __all__ = ["PruneConfig", "LegrConfig", "prune_", "apply_plan", "save_plan", "load_plan", "adaptive_bn_fitness",
            "IMPORTANCES", "Importance", "FPGMImportance", "NormImportance", "SquaredNormImportance",
-           "RandomImportance"]
+           "RandomImportance", "drop_blocks", "apply_dropped_blocks", "removable_blocks"]

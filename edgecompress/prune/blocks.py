@@ -1,0 +1,123 @@
+"""Block (depth) pruning: remove whole residual blocks whose input and output have the same shape.
+
+A residual block computes ``relu(x + f(x))``; without it the network passes ``x`` on (Veit et al. 2016:
+residual networks behave like ensembles of shallower ones, and dropping one block costs little). Filter
+pruning removes MACs but keeps every layer; a runtime with a fixed cost per layer (ncnn at batch 1 on
+a 32x32 input: ``benchmarks/ncnn_latency_floor.py``) gets faster only when layers go.
+
+Blocks are chosen greedily on data: at each step the candidate whose removal changes the model's
+outputs least, by the mean KL divergence from the *original* model's softmax on calibration batches,
+is replaced by ``nn.Identity``. Fine-tune afterwards (knowledge distillation from the original).
+
+>>> import torch, edgecompress as ec
+>>> m = ec.create_model("resnet20")
+>>> removable_blocks(m)[:2]
+['layer1.0', 'layer1.1']
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from edgecompress.errors import ConfigError, DataError
+
+__all__ = ["removable_blocks", "drop_blocks", "apply_dropped_blocks"]
+
+
+def _is_identity(m: nn.Module | None) -> bool:
+    return m is None or isinstance(m, nn.Identity) or (isinstance(m, nn.Sequential) and len(m) == 0)
+
+
+def removable_blocks(model: nn.Module) -> list[str]:
+    """Names of the residual blocks with an identity shortcut (so input shape == output shape): the
+    zoo's CIFAR ``BasicBlock`` and torchvision's ``BasicBlock`` / ``Bottleneck`` without downsample."""
+    from edgecompress.models.resnet_cifar import BasicBlock as CifarBlock
+
+    types: list[type] = [CifarBlock]
+    try:
+        from torchvision.models.resnet import BasicBlock, Bottleneck
+
+        types += [BasicBlock, Bottleneck]
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        pass
+    out = []
+    for name, m in model.named_modules():
+        if isinstance(m, CifarBlock) and _is_identity(m.shortcut):
+            out.append(name)
+        elif isinstance(m, tuple(types[1:])) and _is_identity(getattr(m, "downsample", None)):
+            out.append(name)
+    return out
+
+
+def _set(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
+    parent_name, _, child = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    old = getattr(parent, child)
+    setattr(parent, child, new)
+    return old
+
+
+def apply_dropped_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
+    """Replace the named blocks with ``nn.Identity`` (rebuilds a depth-pruned architecture from fresh model
+    code, e.g. before loading a fine-tuned student's weights). In place; returns the model."""
+    allowed = set(removable_blocks(model))
+    for n in names:
+        if n not in allowed:
+            raise ConfigError(f"drop_blocks: {n!r} is not a removable block of this model; "
+                              f"removable (identity shortcut): {sorted(allowed)}")
+        _set(model, n, nn.Identity())
+    return model
+
+
+@torch.no_grad()
+def drop_blocks(model: nn.Module, n: int, data: Iterable, *, batches: int = 8,
+                candidates: list[str] | None = None) -> dict:
+    """Remove ``n`` residual blocks from ``model`` in place, greedily, each time the one whose removal
+    moves the outputs least (mean KL(original || pruned) over ``batches`` batches of ``data``, an
+    iterable of ``(x, y)`` or ``x``). Returns ``{"dropped": [...], "kl": [...], "candidates": [...]}``
+    (``kl[i]``: the divergence after the i-th removal)."""
+    cands = list(candidates) if candidates is not None else removable_blocks(model)
+    allowed = set(removable_blocks(model))
+    bad = [c for c in cands if c not in allowed]
+    if bad:
+        raise ConfigError(f"drop_blocks: {bad} are not removable blocks of this model; removable: {sorted(allowed)}")
+    if not isinstance(n, int) or n < 0 or n > len(cands):
+        raise ConfigError(f"drop_blocks: n={n!r}; pass an int in [0, {len(cands)}] (this model has {len(cands)} "
+                          "removable blocks: residual blocks with an identity shortcut)")
+    was_training = model.training
+    model.eval()
+    xs = []
+    for i, b in enumerate(data):
+        if i >= batches:
+            break
+        xs.append(b[0] if isinstance(b, (tuple, list)) else b)
+    if not xs:
+        raise DataError("drop_blocks: the calibration data yielded no batches; pass a loader of (images, labels)")
+    ref = [F.log_softmax(model(x).float(), dim=1) for x in xs]
+
+    def divergence() -> float:
+        tot = 0.0
+        for x, lp in zip(xs, ref):
+            lq = F.log_softmax(model(x).float(), dim=1)
+            tot += F.kl_div(lq, lp, log_target=True, reduction="batchmean").item()
+        return tot / len(xs)
+
+    dropped, kls = [], []
+    remaining = list(cands)
+    for _ in range(n):
+        scores = {}
+        for c in remaining:
+            old = _set(model, c, nn.Identity())
+            scores[c] = divergence()
+            _set(model, c, old)
+        best = min(remaining, key=lambda c: (scores[c], remaining.index(c)))
+        _set(model, best, nn.Identity())
+        remaining.remove(best)
+        dropped.append(best)
+        kls.append(scores[best])
+    model.train(was_training)
+    return {"dropped": dropped, "kl": kls, "candidates": cands}
