@@ -195,6 +195,44 @@ def bench_peak(threads: int, iters: int, n: int = 2048) -> dict:
     return {"n": n, **res}
 
 
+def _ours_int8_conv(shape: dict, batch: int):
+    """Our int8 conv on random codes of one layer shape (u8 out, ReLU): (callable, MACs)."""
+    c, oc, k, s, p, g, h, w = (shape[x] for x in ("c", "oc", "k", "s", "p", "g", "h", "w"))
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randint(0, 256, (batch, c, h, w), dtype=torch.uint8, generator=gen).contiguous(memory_format=torch.channels_last)
+    packed = ops.int8_pack_weight(torch.randint(-127, 128, (oc, c // g, k, k), dtype=torch.int8, generator=gen), g)
+    ws, wz, bias = torch.rand(oc, generator=gen) * 0.01 + 1e-3, torch.zeros(oc, dtype=torch.int32), torch.zeros(oc)
+    E = torch.ops.edgecompress
+    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
+
+    def run():
+        return E.int8_conv2d(x, 0.02, 128, packed, ws, wz, bias, oc, [k, k], [s, s], [p, p], [1, 1], g, 1, 0.05, 0,
+                             torch.uint8)
+
+    return run, batch * ho * wo * oc * (c // g) * k * k
+
+
+def bench_largest_vs_peak(shapes: list[dict], threads: int, iters: int, batch: int = 8, n: int = 2048) -> dict:
+    """The largest layer shapes and the u8 x s8 GEMM peak in ONE interleaved loop: onnxruntime
+    MatMulInteger n^3, our kernel on the same GEMM, and our int8 conv on each shape at ``batch``. The
+    fraction of the peak is then a ratio of medians taken over the same rounds, so the host's drift
+    (2x within a minute here) cancels instead of landing between a peak reading and a layer reading."""
+    sess = ort_session(matmulinteger_model(n), threads)
+    a = np.random.default_rng(1).integers(0, 256, (n, n), dtype=np.uint8)
+    gemm, _ = _ours_int8_conv(dict(c=n, oc=n, k=1, s=1, p=0, g=1, h=1, w=n), 1)
+    fns = {"onnxruntime_matmulinteger": lambda: sess.run(None, {"a": a}), "ours_int8_gemm": gemm}
+    macs = {"onnxruntime_matmulinteger": n ** 3, "ours_int8_gemm": n ** 3}
+    for i, sh in enumerate(shapes):
+        fns[i], macs[i] = _ours_int8_conv(sh, batch)
+    res = interleaved(fns, max(15, iters // 2))
+    peak = macs["onnxruntime_matmulinteger"] / (res["onnxruntime_matmulinteger"]["median_ms"] * 1e-3) / 1e9
+    for k, r in res.items():
+        r["gmacs"] = macs[k] / (r["median_ms"] * 1e-3) / 1e9
+        r["fraction_of_ort_gemm_peak"] = r["gmacs"] / peak
+    return {"n": n, "batch": batch, "onnxruntime_matmulinteger": res["onnxruntime_matmulinteger"],
+            "ours_int8_gemm": res["ours_int8_gemm"], "shapes": [dict(shape=sh, **res[i]) for i, sh in enumerate(shapes)]}
+
+
 def bench_sparse(shape: dict, sparsity: float, threads: int, iters: int) -> dict:
     c, oc, k, s, p, h, w = (shape[x] for x in ("c", "oc", "k", "s", "p", "h", "w"))
     gen = torch.Generator().manual_seed(0)
@@ -303,6 +341,17 @@ def main(argv=None) -> int:
             # the GEMM peak is read again after the int8 section: the larger of the two readings counts
             result["peak_after_int8"] = bench_peak(args.threads, args.iters)
         result["summary_int8"] = summarize_int8(result)
+        if "peak" in result:
+            # the largest shapes again, interleaved with the GEMM peak in one loop (drift-free fractions)
+            s = result["summary_int8"]
+            big = [s["largest_shape"]["shape"]] + [{k: v for k, v in sh.items() if k not in ("batch", "gmacs")}
+                                                   for sh in s["largest_non_stem_shapes"]["shapes"]]
+            result["largest_vs_peak"] = bench_largest_vs_peak(big, args.threads, args.iters, s["largest_shape"]["batch"])
+            lv = result["largest_vs_peak"]["shapes"]
+            s["largest_vs_peak_same_loop"] = {
+                "ort_gemm_peak_gmacs": result["largest_vs_peak"]["onnxruntime_matmulinteger"]["gmacs"],
+                "largest_shape_gmacs": lv[0]["gmacs"], "largest_shape_fraction": lv[0]["fraction_of_ort_gemm_peak"],
+                "non_stem_median_fraction": statistics.median(r["fraction_of_ort_gemm_peak"] for r in lv[1:]) if lv[1:] else None}
         print(json.dumps(result["summary_int8"], indent=1), flush=True)
     if "sparse" not in skip:
         rows = []
