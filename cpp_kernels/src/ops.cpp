@@ -527,16 +527,20 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
             rsum[m] = sum;
           }
         };
+        // rows [first, first + count) of the output from the rows at ta.a
+        auto gemm_rows = [&](GemmArgs& ta, int64_t first, int64_t count) {
+          if (any_wzp) row_sums(ta.a, ta.lda, count);
+          ta.rowsum = any_wzp ? rsum.data() : nullptr;
+          ta.out = static_cast<char*>(ga.out) + first * OC * esize;
+          run(ta, count);
+        };
         GemmArgs ta = ga;
         if (implicit) {
           for (int64_t l = m0 / Wo; l < m1 / Wo; ++l) {  // output lines (img, oh)
             const int64_t img = l / Ho, oh = l % Ho;
             ta.a = xsrc + ((img * Hp + oh * sh) * Wp) * C + g * icg;
             ta.lda = sw * C;
-            if (any_wzp) row_sums(ta.a, ta.lda, Wo);
-            ta.rowsum = any_wzp ? rsum.data() : nullptr;
-            ta.out = static_cast<char*>(ga.out) + l * Wo * OC * esize;
-            run(ta, Wo);
+            gemm_rows(ta, l * Wo, Wo);
           }
           continue;
         }
@@ -554,10 +558,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
             patch_rows_avx512(pa, c0, cn, col.data());
             ta.a = col.data();
             ta.lda = col_stride;
-            if (any_wzp) row_sums(ta.a, ta.lda, cn);
-            ta.rowsum = any_wzp ? rsum.data() : nullptr;
-            ta.out = static_cast<char*>(ga.out) + c0 * OC * esize;
-            run(ta, cn);
+            gemm_rows(ta, c0, cn);
           }
           continue;
         } else {
@@ -591,10 +592,7 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
           ta.a = col.data();
           ta.lda = col_stride;
         }
-        if (any_wzp) row_sums(ta.a, ta.lda, rows);
-        ta.rowsum = any_wzp ? rsum.data() : nullptr;
-        ta.out = static_cast<char*>(ga.out) + m0 * OC * esize;
-        run(ta, rows);
+        gemm_rows(ta, m0, rows);
       }
     });
   }
