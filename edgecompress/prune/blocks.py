@@ -64,11 +64,13 @@ def _set(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
 def apply_dropped_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     """Replace the named blocks with ``nn.Identity`` (rebuilds a depth-pruned architecture from fresh model
     code, e.g. before loading a fine-tuned student's weights). In place; returns the model."""
+    names = list(names)
     allowed = set(removable_blocks(model))
+    bad = [n for n in names if n not in allowed]
+    if bad:  # checked before anything is replaced: a failed call leaves the model as it was
+        raise ConfigError(f"drop_blocks: {bad} are not removable blocks of this model; "
+                          f"removable (identity shortcut): {sorted(allowed)}")
     for n in names:
-        if n not in allowed:
-            raise ConfigError(f"drop_blocks: {n!r} is not a removable block of this model; "
-                              f"removable (identity shortcut): {sorted(allowed)}")
         _set(model, n, nn.Identity())
     return model
 
