@@ -35,43 +35,30 @@ def _is_identity(m: nn.Module | None) -> bool:
 def removable_blocks(model: nn.Module) -> list[str]:
     """Names of the residual blocks with an identity shortcut (so input shape == output shape): the
     zoo's CIFAR ``BasicBlock`` and torchvision's ``BasicBlock`` / ``Bottleneck`` without downsample."""
+    from torchvision.models.resnet import BasicBlock, Bottleneck
+
     from edgecompress.models.resnet_cifar import BasicBlock as CifarBlock
 
-    types: list[type] = [CifarBlock]
-    try:
-        from torchvision.models.resnet import BasicBlock, Bottleneck
-
-        types += [BasicBlock, Bottleneck]
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        pass
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, CifarBlock) and _is_identity(m.shortcut):
-            out.append(name)
-        elif isinstance(m, tuple(types[1:])) and _is_identity(getattr(m, "downsample", None)):
-            out.append(name)
-    return out
+    return [name for name, m in model.named_modules()
+            if (isinstance(m, CifarBlock) and _is_identity(m.shortcut))
+            or (isinstance(m, (BasicBlock, Bottleneck)) and _is_identity(m.downsample))]
 
 
-def _set(model: nn.Module, name: str, new: nn.Module) -> nn.Module:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    old = getattr(parent, child)
-    setattr(parent, child, new)
-    return old
+def _check_removable(model: nn.Module, names: list[str]) -> None:
+    allowed = removable_blocks(model)
+    bad = [n for n in names if n not in allowed]
+    if bad:  # checked before anything is replaced: a failed call leaves the model as it was
+        raise ConfigError(f"drop_blocks: {bad} are not removable blocks of this model; "
+                          f"removable (identity shortcut): {allowed}")
 
 
 def apply_dropped_blocks(model: nn.Module, names: Iterable[str]) -> nn.Module:
     """Replace the named blocks with ``nn.Identity`` (rebuilds a depth-pruned architecture from fresh model
     code, e.g. before loading a fine-tuned student's weights). In place; returns the model."""
     names = list(names)
-    allowed = set(removable_blocks(model))
-    bad = [n for n in names if n not in allowed]
-    if bad:  # checked before anything is replaced: a failed call leaves the model as it was
-        raise ConfigError(f"drop_blocks: {bad} are not removable blocks of this model; "
-                          f"removable (identity shortcut): {sorted(allowed)}")
+    _check_removable(model, names)
     for n in names:
-        _set(model, n, nn.Identity())
+        model.set_submodule(n, nn.Identity())
     return model
 
 
@@ -83,10 +70,7 @@ def drop_blocks(model: nn.Module, n: int, data: Iterable, *, batches: int = 8,
     iterable of ``(x, y)`` or ``x``). Returns ``{"dropped": [...], "kl": [...], "candidates": [...]}``
     (``kl[i]``: the divergence after the i-th removal)."""
     cands = list(candidates) if candidates is not None else removable_blocks(model)
-    allowed = set(removable_blocks(model))
-    bad = [c for c in cands if c not in allowed]
-    if bad:
-        raise ConfigError(f"drop_blocks: {bad} are not removable blocks of this model; removable: {sorted(allowed)}")
+    _check_removable(model, cands)
     if not isinstance(n, int) or n < 0 or n > len(cands):
         raise ConfigError(f"drop_blocks: n={n!r}; pass an int in [0, {len(cands)}] (this model has {len(cands)} "
                           "removable blocks: residual blocks with an identity shortcut)")
@@ -113,11 +97,12 @@ def drop_blocks(model: nn.Module, n: int, data: Iterable, *, batches: int = 8,
     for _ in range(n):
         scores = {}
         for c in remaining:
-            old = _set(model, c, nn.Identity())
+            block = model.get_submodule(c)
+            model.set_submodule(c, nn.Identity())
             scores[c] = divergence()
-            _set(model, c, old)
-        best = min(remaining, key=lambda c: (scores[c], remaining.index(c)))
-        _set(model, best, nn.Identity())
+            model.set_submodule(c, block)
+        best = min(remaining, key=scores.get)  # the first candidate on ties
+        model.set_submodule(best, nn.Identity())
         remaining.remove(best)
         dropped.append(best)
         kls.append(scores[best])
