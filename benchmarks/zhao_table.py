@@ -71,6 +71,10 @@ def main(argv=None) -> int:
     ap.add_argument("--phase", choices=["all", "bench"], default="all",
                     help="bench: only time the artifacts already exported into --work (a fresh process)")
     a = ap.parse_args(argv)
+    if not 0 < a.macs_target <= 1:
+        ap.error(f"--macs-target {a.macs_target}: pass a fraction in (0, 1] (1: no filter pruning)")
+    if a.macs_target == 1 and not a.drop_blocks.strip():
+        ap.error("nothing to prune: pass --macs-target below 1 (FPGM) and/or --drop-blocks")
     if a.phase == "bench":
         return bench_phase(a)
     t0 = time.time()
@@ -80,12 +84,12 @@ def main(argv=None) -> int:
     teacher = ec.load_pretrained(a.model).eval()
     x = (torch.zeros(1, 3, 32, 32),)
     pruned = copy.deepcopy(teacher)
-    blocks = {"dropped": []}
-    if a.drop_blocks.strip().isdigit():
-        blocks = drop_blocks(pruned, int(a.drop_blocks), train)
-    elif a.drop_blocks.strip():
-        apply_dropped_blocks(pruned, [b.strip() for b in a.drop_blocks.split(",") if b.strip()])
-        blocks = {"dropped": [b.strip() for b in a.drop_blocks.split(",") if b.strip()]}
+    spec = a.drop_blocks.strip()
+    if spec.isdigit():
+        blocks = drop_blocks(pruned, int(spec), train)
+    else:
+        blocks = {"dropped": [b.strip() for b in spec.split(",") if b.strip()]}
+        apply_dropped_blocks(pruned, blocks["dropped"])
     macs_teacher = sum(layer_macs(teacher, x).values())  # conv/linear MACs, as prune_ reports them
     if a.macs_target < 1:
         prep = prune_(pruned, PruneConfig(method="fpgm", macs_target=a.macs_target, round_to=a.round_to), x)
