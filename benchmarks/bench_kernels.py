@@ -174,10 +174,11 @@ def bench_int8(shape: dict, batch: int, threads: int, iters: int) -> dict:
             / res["ours_int8"]["median_ms"]}
 
 
-def bench_peak(threads: int, iters: int, n: int = 2048) -> dict:
+def _peak_contenders(threads: int, n: int) -> dict:
+    """The u8 x s8 GEMM n^3: onnxruntime MatMulInteger, and our kernel on the same GEMM as a 1x1 conv over
+    n pixels with n input and n output channels (int32 out)."""
     sess = ort_session(matmulinteger_model(n), threads)
     a = np.random.default_rng(1).integers(0, 256, (n, n), dtype=np.uint8)
-    # our kernel on the same GEMM: a 1x1 conv over n pixels with n input and n output channels
     x = torch.from_numpy(a).view(1, 1, n, n).permute(0, 3, 1, 2)  # logical [1, C=n, H=1, W=n], NHWC memory
     wq = torch.randint(-127, 128, (n, n, 1, 1), dtype=torch.int8)
     packed = ops.int8_pack_weight(wq)
@@ -188,8 +189,11 @@ def bench_peak(threads: int, iters: int, n: int = 2048) -> dict:
         return E.int8_conv2d(x, 0.02, 0, packed, ws, wz, None, n, [1, 1], [1, 1], [0, 0], [1, 1], 1, 0, 1.0, 0,
                              torch.int32)
 
-    res = interleaved({"onnxruntime_matmulinteger": lambda: sess.run(None, {"a": a}), "ours_int8_gemm": ours},
-                      max(15, iters // 2))
+    return {"onnxruntime_matmulinteger": lambda: sess.run(None, {"a": a}), "ours_int8_gemm": ours}
+
+
+def bench_peak(threads: int, iters: int, n: int = 2048) -> dict:
+    res = interleaved(_peak_contenders(threads, n), max(15, iters // 2))
     for r in res.values():
         r["gmacs"] = n ** 3 / (r["median_ms"] * 1e-3) / 1e9
     return {"n": n, **res}
@@ -217,11 +221,8 @@ def bench_largest_vs_peak(shapes: list[dict], threads: int, iters: int, batch: i
     MatMulInteger n^3, our kernel on the same GEMM, and our int8 conv on each shape at ``batch``. The
     fraction of the peak is then a ratio of medians taken over the same rounds, so the host's drift
     (2x within a minute here) cancels instead of landing between a peak reading and a layer reading."""
-    sess = ort_session(matmulinteger_model(n), threads)
-    a = np.random.default_rng(1).integers(0, 256, (n, n), dtype=np.uint8)
-    gemm, _ = _ours_int8_conv(dict(c=n, oc=n, k=1, s=1, p=0, g=1, h=1, w=n), 1)
-    fns = {"onnxruntime_matmulinteger": lambda: sess.run(None, {"a": a}), "ours_int8_gemm": gemm}
-    macs = {"onnxruntime_matmulinteger": n ** 3, "ours_int8_gemm": n ** 3}
+    fns = _peak_contenders(threads, n)
+    macs = dict.fromkeys(fns, n ** 3)
     for i, sh in enumerate(shapes):
         fns[i], macs[i] = _ours_int8_conv(sh, batch)
     res = interleaved(fns, max(15, iters // 2))
