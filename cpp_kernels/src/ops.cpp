@@ -168,9 +168,9 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 }
 
 // Output buffers of the int8 and sparse convs (and the int8 conv's padded input), recycled between
-// calls. A multi-MiB tensor from at::empty is often fresh pages: glibc maps large blocks anew and trims its heap when other ops' allocations alternate with
-// ours, so every call faulted its whole output in (752 faults for a 3.2 MB output, interleaved with torch's
-// conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
+// calls. A multi-MiB tensor from at::empty is often fresh pages: glibc maps large blocks anew and trims
+// its heap when other ops' allocations alternate with ours, so every call faulted its whole output in
+// (752 faults for a 3.2 MB output, interleaved with torch's conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
 // the next call of the same size. Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0
 // turns it off (plain at::empty).
 class OutputPool {
