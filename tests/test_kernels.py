@@ -164,6 +164,10 @@ def test_quantize_u8_matches_reference_half_to_even():
     (1, 8, 23, 23, 6, 5, 3, 2, 2, 0.5),      # stride 3, dilation 2: 9 phases
     (1, 4, 6, 75, 3, 3, 2, 0, 1, 0.5),       # stride 2, rows of 37 phase columns (3 vectors), even and odd starts
     (1, 6, 26, 26, 5, 3, 5, 1, 1, 0.5),      # stride 5: 25 phases > 16, patch matrix
+    # task column ranges other than 128 wide (balanced over the threads; two threads in this suite)
+    (1, 32, 14, 14, 64, 1, 1, 0, 1, 0.2),    # 196 columns in one range, the threads split the channels
+    (1, 16, 28, 28, 40, 1, 1, 0, 1, 0.2),    # 784 columns in 112-column ranges
+    (1, 16, 12, 12, 24, 1, 1, 0, 1, 0.2),    # 144 columns in 80-column ranges
 ])
 def test_sparse_conv_matches_dense(isa, case):
     if isa != "python":

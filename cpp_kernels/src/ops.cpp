@@ -812,6 +812,40 @@ const SpPlan& plan_header(const at::Tensor& plan) {
   return h;
 }
 
+// Column-range width of the sparse conv's tasks (n_chunks output-channel blocks x column ranges, column-range
+// major), which at::parallel_for hands to the threads as contiguous runs of ceil(tasks / threads). 128-column
+// ranges leave a short last range (a 14x14 map: 128 + 68 columns, 65% of the work on one of two threads;
+// 28x28: 6 x 128 + 16), so the width is chosen to balance the threads' work, counted in 16-column vectors
+// as the kernel's cost goes (a 128-column tile costs ~2 vectors more per nonzero than its 8: the weight
+// broadcast, the offset load): a multiple of 16 from 128 down to 64 or, up to 256 columns, all columns in
+// one range (the threads then split the output channels), preferring wider ranges within 3% of the best.
+int64_t balanced_columns(int64_t J, int64_t OC, int64_t n_per, int64_t threads) {
+  const int64_t n_chunks = (OC + n_per - 1) / n_per;
+  auto worst = [&](int64_t w) {  // the busiest thread's vectors x rows
+    const int64_t j_chunks = (J + w - 1) / w, tasks = n_chunks * j_chunks;
+    const int64_t per_thread = (tasks + threads - 1) / threads;
+    int64_t most = 0;
+    for (int64_t t0 = 0; t0 < tasks; t0 += per_thread) {
+      int64_t cost = 0;
+      for (int64_t t = t0; t < std::min(tasks, t0 + per_thread); ++t) {
+        const int64_t rows = std::min(n_per, OC - (t % n_chunks) * n_per);
+        const int64_t j0 = (t / n_chunks) * w, cols = std::min(w, J - j0);
+        const int64_t tiles = (cols + 127) / 128, vecs = (cols + 15) / 16;
+        cost += rows * (vecs + 2 * tiles);  // + each tile's per-nonzero broadcast and offset load
+      }
+      most = std::max(most, cost);
+    }
+    return most;
+  };
+  int64_t best_w = 128, best = worst(128);
+  for (const int64_t w : {int64_t(112), int64_t(96), int64_t(80), int64_t(64), round16(J)}) {
+    if (w > 256) continue;  // all columns of a larger map per task: each thread reads all the input (measured 0.93x)
+    const int64_t c = worst(w);
+    if (c * 100 < best * 97) best = c, best_w = w;  // a wider range wins ties within 3%
+  }
+  return best_w;
+}
+
 at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, const at::Tensor& row_ptr,
                                  const at::Tensor& values, const c10::optional<at::Tensor>& bias,
                                  c10::IntArrayRef kernel_size, c10::IntArrayRef stride, c10::IntArrayRef padding,
@@ -859,7 +893,8 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
   // in L1/L2 (a long channel loop per tile lets the output stream evict the input tile).
   const int64_t n_per = std::min<int64_t>(32, OC);
   const int64_t n_chunks = (OC + n_per - 1) / n_per;
-  const int64_t j_per_task = jt * std::max<int64_t>(1, j_tiles * n_chunks / (8 * threads) / n_chunks);
+  int64_t j_per_task = jt * std::max<int64_t>(1, j_tiles * n_chunks / (8 * threads) / n_chunks);
+  if (j_per_task == jt && jt == 128) j_per_task = balanced_columns(J, OC, n_per, threads);
   const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
   for (int64_t img = 0; img < N; ++img) {
     const float* xi = xc.data_ptr<float>() + img * C * H * W;
