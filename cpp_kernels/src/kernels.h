@@ -125,6 +125,13 @@ struct SpmmArgs {
   int64_t ldo;
   bool accumulate;
   bool finalize;
+  // AVX-512 only: when set, the finalizing pass writes the output plane itself instead of row n at out:
+  // column j (output row j / wq, column j % wq) is dropped when j % wq >= wo (a phased layout's junk
+  // columns), the rest packed at fout + n * fld + (j / wq) * wo + j % wq; keep[r] holds the kept lanes of
+  // a 16-column vector starting at j % wq = r.
+  float* fout = nullptr;
+  int64_t fld = 0, wq = 0, wo = 0;
+  const uint16_t* keep = nullptr;
 };
 
 // dst[i] = src[2 * i] for i in [0, n): one row of a stride-2 phase (reads src[0 .. 2n - 2], nothing past it).

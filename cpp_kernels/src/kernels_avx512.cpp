@@ -7,7 +7,7 @@
 
 #include "kernels.h"
 
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,bmi2,amx-tile,amx-int8")
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx512dq,avx512vnni,avx2,fma,bmi2,popcnt,amx-tile,amx-int8")
 
 namespace ec {
 namespace {
@@ -318,12 +318,21 @@ inline void spmm_row(const SpmmArgs& s, int64_t n, int64_t j, __mmask16 last) {
   _Pragma("GCC unroll 8") for (int v = 0; v < NV; ++v) {
     __m512 r = acc[0][v];
     _Pragma("GCC unroll 8") for (int u = 1; u < U; ++u) r = _mm512_add_ps(r, acc[u][v]);
+    const __mmask16 m = v == NV - 1 ? last : __mmask16(0xFFFF);
     if (s.finalize) {
       r = _mm512_add_ps(r, b);
       if (s.act != kActNone) r = _mm512_max_ps(r, _mm512_setzero_ps());
       if (s.act == kActRelu6) r = _mm512_min_ps(r, _mm512_set1_ps(6.f));
+      if (s.fout) {  // straight into the output plane, junk columns dropped
+        const int64_t col = j + 16 * v, row = col / s.wq, r0 = col % s.wq;
+        const __mmask16 k = __mmask16(s.keep[r0] & m);
+        const int64_t pos = row * s.wo + (r0 < s.wo ? r0 : s.wo);
+        _mm512_mask_storeu_ps(s.fout + n * s.fld + pos, __mmask16((1u << _mm_popcnt_u32(k)) - 1u),
+                              _mm512_maskz_compress_ps(k, r));
+        continue;
+      }
     }
-    _mm512_mask_storeu_ps(o + 16 * v, v == NV - 1 ? last : __mmask16(0xFFFF), r);
+    _mm512_mask_storeu_ps(o + 16 * v, m, r);
   }
 }
 

@@ -885,6 +885,10 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
   float* const src_buf = scratch(0, h.src_len);
   float* const tmp = scratch(1, h.use_tmp ? OC * h.ldo : 0);
   const int32_t* off = plan.data_ptr<int32_t>() + kSpHeader;
+  std::vector<uint16_t> keep(size_t(h.use_tmp ? h.wq : 0));  // kept lanes of a vector from column r of a row
+  for (int64_t r = 0; r < int64_t(keep.size()); ++r)
+    for (int i = 0; i < 16; ++i)
+      if ((r + i) % h.wq < h.wo) keep[size_t(r)] = uint16_t(keep[size_t(r)] | (1u << i));
   const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
@@ -967,11 +971,18 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
       src = src_buf;
     }
     float* dst = h.use_tmp ? tmp : out.data_ptr<float>() + img * OC * Ho * Wo;
+    // AVX-512: the last pass writes the output plane itself (SpmmArgs::fout), tmp only holds the partial
+    // sums of the earlier input-channel blocks; elsewhere the rows go through tmp and are copied below
+    const bool direct = h.use_tmp && isa >= kIsaAvx512Vnni;
     const int64_t nq = h.nq;
     const int32_t* tb = nq > 1 ? off + h.nnz : nullptr;
     at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
       SpmmArgs sa{src, nq > 1 ? tb : rpp, nq > 1 ? tb + 1 : rpp + 1, nq > 1 ? nq + 1 : 1, off, vals.data_ptr<float>(),
                   b.defined() ? b.data_ptr<float>() : nullptr, int(activation), dst, h.ldo, false, true};
+      if (direct) {
+        sa.fout = out.data_ptr<float>() + img * OC * Ho * Wo;
+        sa.fld = Ho * Wo, sa.wq = h.wq, sa.wo = Wo, sa.keep = keep.data();
+      }
       for (int64_t t = t0; t < t1; ++t) {
         // column-range major: the tasks of one column range (all output-channel blocks) run back to back
         // on one thread, so its input tile is read from memory once and then from L2
@@ -990,7 +1001,7 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
         }
       }
     });
-    if (h.use_tmp) {
+    if (h.use_tmp && !direct) {
       float* o = out.data_ptr<float>() + img * OC * Ho * Wo;
       at::parallel_for(0, OC, 16, [&](int64_t n0, int64_t n1) {
         for (int64_t n = n0; n < n1; ++n)
