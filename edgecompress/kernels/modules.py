@@ -66,8 +66,9 @@ class Int8Conv2d(nn.Module):
             out_scale, out_zp, out_dtype = 1.0, 0, torch.float32
         else:
             (out_scale, out_zp), out_dtype = self.out_qparams, torch.uint8
+        b = self._buffers  # (self.<buffer> goes through nn.Module.__getattr__: ~1 us each here, per call)
         return torch.ops.edgecompress.int8_conv2d(
-            x, self.x_scale, self.x_zero_point, self.w_packed, self.w_scale, self.w_zero_point, self.bias,
+            x, self.x_scale, self.x_zero_point, b["w_packed"], b["w_scale"], b["w_zero_point"], b["bias"],
             self.out_channels, list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation),
             self.groups, self.activation, out_scale, out_zp, out_dtype)
 
@@ -135,20 +136,19 @@ class SparseConv2d(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x.float().contiguous()
         args = (list(self.kernel_size), list(self.stride), list(self.padding), list(self.dilation))
+        b = self._buffers  # (self.<buffer> goes through nn.Module.__getattr__: ~1 us each here, per call)
+        rp, ci = b["row_ptr"], b["col_idx"]
         if x.device.type != "cpu" or torch.compiler.is_compiling():
-            return torch.ops.edgecompress.sparse_conv2d(x, self.row_ptr, self.col_idx, self.values, self.bias, *args,
-                                                        self.activation)
+            return torch.ops.edgecompress.sparse_conv2d(x, rp, ci, b["values"], b["bias"], *args, self.activation)
         # the CPU plan (input layout + every nonzero's source offset) is built once per input size
-        key = (x.shape[1], x.shape[2], x.shape[3], self.row_ptr.data_ptr(), self.col_idx.data_ptr(),
-               self.row_ptr._version, self.col_idx._version)
+        key = (x.shape[1], x.shape[2], x.shape[3], rp.data_ptr(), ci.data_ptr(), rp._version, ci._version)
         plan = self._plans.get(key)
         if plan is None:
             plan = self._plan_for(x, args)
             if len(self._plans) >= 4:
                 self._plans.clear()
             self._plans[key] = plan
-        return torch.ops.edgecompress.sparse_conv2d_planned(x, plan, self.row_ptr, self.values, self.bias, *args,
-                                                            self.activation)
+        return torch.ops.edgecompress.sparse_conv2d_planned(x, plan, rp, b["values"], b["bias"], *args, self.activation)
 
     def _plan_for(self, x: torch.Tensor, args: tuple) -> torch.Tensor:
         """The plan for this input size. When the kernel's default plan splits the input channels into
