@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     o_logits, _ = predict(model.eval(), test)
     acc = lambda z: (z.argmax(1) == labels).float().mean().item()  # noqa: E731
     out = {
-        "command": "python benchmarks/kernels_e2e.py " + " ".join(argv if argv is not None else []),
+        "command": "python benchmarks/kernels_e2e.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "isa": res.report["int8_kernels"]["backend"], "threads": args.threads, "test_images": len(labels),
         "compress_wall_s": round(wall, 1), "prune_ratio": args.ratio, "distill_epochs": args.epochs,
         "top1": {"original_float": acc(o_logits), "compressed_float": acc(f_logits),
