@@ -505,3 +505,22 @@ def test_wheel_ships_the_kernel_sources(tmp_path):
     repo = root / "cpp_kernels" / "src"
     for name in _build.SOURCES + _build.HEADERS + _build.CUDA_SOURCES:
         assert (shipped / name).read_bytes() == (repo / name).read_bytes(), name
+
+
+def test_kernel_modules_trace_under_compile_and_export():
+    """Int8Conv2d and SparseConv2d run under torch.compile (one graph, through the ops' fake kernels) and
+    torch.export with the eager results."""
+    from edgecompress.kernels.modules import Int8Conv2d, SparseConv2d
+
+    gen = torch.Generator().manual_seed(11)
+    x = torch.randn(1, 8, 10, 10, generator=gen)
+    w = torch.randn(8, 8, 3, 3, generator=gen) * (torch.rand(8, 8, 3, 3, generator=gen) < 0.3)
+    sp = SparseConv2d(*ops.sparse_pack(w), torch.randn(8, generator=gen), 8, (3, 3), padding=(1, 1))
+    wq = torch.randint(-127, 128, (8, 8, 3, 3), dtype=torch.int8, generator=gen)
+    q = Int8Conv2d(wq, torch.full((8,), 0.01), None, torch.zeros(8), 0.05, 3, (1, 1), (1, 1), (1, 1), 1)
+    with torch.no_grad():
+        for m in (sp, q):
+            want = m(x)
+            torch._dynamo.reset()
+            assert torch.equal(torch.compile(m, fullgraph=True, backend="aot_eager")(x), want)
+            assert torch.equal(torch.export.export(m, (x,)).module()(x), want)
