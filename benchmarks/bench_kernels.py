@@ -48,6 +48,12 @@ def conv_shapes(model: nn.Module, x: torch.Tensor) -> list[dict]:
     return out
 
 
+def conv_macs(shape: dict, batch: int = 1) -> int:
+    """Multiply-adds of one conv shape (``conv_shapes``' keys) at ``batch``."""
+    c, oc, k, s, p, g, h, w = (shape[x] for x in ("c", "oc", "k", "s", "p", "g", "h", "w"))
+    return batch * ((h + 2 * p - k) // s + 1) * ((w + 2 * p - k) // s + 1) * oc * (c // g) * k * k
+
+
 def _stats(ts: list[float]) -> dict:
     ts = sorted(ts)
     return {"median_ms": statistics.median(ts) * 1e3, "p90_ms": ts[int(0.9 * (len(ts) - 1))] * 1e3, "n": len(ts)}
@@ -161,9 +167,7 @@ def bench_int8(shape: dict, batch: int, threads: int, iters: int) -> dict:
     agree = float(np.mean(np.abs(ref.astype(np.int32) - got.astype(np.int32)) <= 1))
     res = interleaved({"ours_int8": ours, "onnxruntime_int8": ort_run, "torch_fp32": torch_fp32,
                        "torch_fp32_channels_last": torch_fp32_cl}, iters)
-    ho = (h + 2 * p - k) // s + 1
-    wo = (w + 2 * p - k) // s + 1
-    macs = batch * ho * wo * oc * (c // g) * k * k
+    macs = conv_macs(shape, batch)
     for r in res.values():
         r["gmacs"] = macs / (r["median_ms"] * 1e-3) / 1e9
     return {"shape": shape, "batch": batch, "macs": macs, "codes_within_1_of_ort": agree, **res,
@@ -207,13 +211,12 @@ def _ours_int8_conv(shape: dict, batch: int):
     packed = ops.int8_pack_weight(torch.randint(-127, 128, (oc, c // g, k, k), dtype=torch.int8, generator=gen), g)
     ws, wz, bias = torch.rand(oc, generator=gen) * 0.01 + 1e-3, torch.zeros(oc, dtype=torch.int32), torch.zeros(oc)
     E = torch.ops.edgecompress
-    ho, wo = (h + 2 * p - k) // s + 1, (w + 2 * p - k) // s + 1
 
     def run():
         return E.int8_conv2d(x, 0.02, 128, packed, ws, wz, bias, oc, [k, k], [s, s], [p, p], [1, 1], g, 1, 0.05, 0,
                              torch.uint8)
 
-    return run, batch * ho * wo * oc * (c // g) * k * k
+    return run, conv_macs(shape, batch)
 
 
 def bench_largest_vs_peak(shapes: list[dict], threads: int, iters: int, batch: int = 8, n: int = 2048) -> dict:
@@ -237,12 +240,9 @@ def bench_largest_vs_peak(shapes: list[dict], threads: int, iters: int, batch: i
 def largest_shapes(shapes: list[dict]) -> list[dict]:
     """By MACs the largest shape (ResNet-50's 3-channel 7x7 stem), then the shapes tied for the most MACs
     among those with >= 16 input channels (ResNet-50's seven 3x3 layers)."""
-    def macs(s):
-        ho, wo = (s["h"] + 2 * s["p"] - s["k"]) // s["s"] + 1, (s["w"] + 2 * s["p"] - s["k"]) // s["s"] + 1
-        return ho * wo * s["oc"] * (s["c"] // s["g"]) * s["k"] ** 2
-
     body = [s for s in shapes if s["c"] >= 16]
-    return [max(shapes, key=macs)] + [s for s in body if macs(s) == max(map(macs, body))]
+    most = max(map(conv_macs, body))
+    return [max(shapes, key=conv_macs)] + [s for s in body if conv_macs(s) == most]
 
 
 def summarize_same_loop(loops: list[dict]) -> dict:
