@@ -170,9 +170,9 @@ int64_t out_size(int64_t in, int64_t k, int64_t s, int64_t p, int64_t d) {
 // Output buffers of the int8 and sparse convs (and the int8 conv's padded input), recycled between
 // calls. A multi-MiB tensor from at::empty is often fresh pages: glibc maps large blocks anew and trims
 // its heap when other ops' allocations alternate with ours, so every call faulted its whole output in
-// (752 faults for a 3.2 MB output, interleaved with torch's conv). A returned tensor owns its buffer until it is freed; its deleter hands the buffer back here for
-// the next call of the same size. Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0
-// turns it off (plain at::empty).
+// (752 faults for a 3.2 MB output, interleaved with torch's conv). A returned tensor owns its buffer
+// until it is freed; its deleter hands the buffer back here for the next call of the same size.
+// Bounded (kMaxBytes, kMaxBuffers); EDGECOMPRESS_KERNEL_OUTPUT_CACHE=0 turns it off (plain at::empty).
 class OutputPool {
  public:
   static OutputPool& instance() {
@@ -819,7 +819,7 @@ const SpPlan& plan_header(const at::Tensor& plan) {
 // as the kernel's cost goes (a 128-column tile costs ~2 vectors more per nonzero than its 8: the weight
 // broadcast, the offset load): a multiple of 16 from 128 down to 64 or, up to 256 columns, all columns in
 // one range (the threads then split the output channels), preferring wider ranges within 3% of the best.
-int64_t balanced_columns(int64_t J, int64_t OC, int64_t n_per, int64_t threads) {
+int64_t balanced_columns(int64_t J, int64_t OC, int64_t n_per, int64_t threads, int64_t tile) {
   const int64_t n_chunks = (OC + n_per - 1) / n_per;
   auto worst = [&](int64_t w) {  // the busiest thread's vectors x rows
     const int64_t j_chunks = (J + w - 1) / w, tasks = n_chunks * j_chunks;
@@ -830,16 +830,16 @@ int64_t balanced_columns(int64_t J, int64_t OC, int64_t n_per, int64_t threads) 
       for (int64_t t = t0; t < std::min(tasks, t0 + per_thread); ++t) {
         const int64_t rows = std::min(n_per, OC - (t % n_chunks) * n_per);
         const int64_t j0 = (t / n_chunks) * w, cols = std::min(w, J - j0);
-        const int64_t tiles = (cols + 127) / 128, vecs = (cols + 15) / 16;
+        const int64_t tiles = (cols + tile - 1) / tile, vecs = (cols + 15) / 16;
         cost += rows * (vecs + 2 * tiles);  // + each tile's per-nonzero broadcast and offset load
       }
       most = std::max(most, cost);
     }
     return most;
   };
-  int64_t best_w = 128, best = worst(128);
-  for (const int64_t w : {int64_t(112), int64_t(96), int64_t(80), int64_t(64), round16(J)}) {
-    if (w > 256) continue;  // all columns of a larger map per task: each thread reads all the input (measured 0.93x)
+  int64_t best_w = tile, best = worst(tile);
+  for (const int64_t w : {tile - 16, tile - 32, tile - 48, tile / 2, round16(J)}) {
+    if (w > 2 * tile) continue;  // all columns of a larger map per task: each thread reads all the input (measured 0.93x)
     const int64_t c = worst(w);
     if (c * 100 < best * 97) best = c, best_w = w;  // a wider range wins ties within 3%
   }
@@ -883,12 +883,16 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
   // scratch: a per-thread buffer kept between calls (no zero-filling: every element read is written
   // first), instead of a fresh allocation of up to a few MiB, and its page faults, on every call.
   float* const src_buf = scratch(0, h.src_len);
+  // Rows with junk columns (phased layout): with AVX-512 the last pass writes the output plane itself
+  // (SpmmArgs::fout) and tmp only holds the partial sums of the earlier input-channel blocks; elsewhere
+  // the rows go through tmp and are copied out after the SpMM
+  const bool direct = h.use_tmp && isa >= kIsaAvx512Vnni;
   float* const tmp = scratch(1, h.use_tmp ? OC * h.ldo : 0);
-  const int32_t* off = plan.data_ptr<int32_t>() + kSpHeader;
-  std::vector<uint16_t> keep(size_t(h.use_tmp ? h.wq : 0));  // kept lanes of a vector from column r of a row
+  std::vector<uint16_t> keep(size_t(direct ? h.wq : 0));  // kept lanes of a vector from column r of a row
   for (int64_t r = 0; r < int64_t(keep.size()); ++r)
     for (int i = 0; i < 16; ++i)
       if ((r + i) % h.wq < h.wo) keep[size_t(r)] = uint16_t(keep[size_t(r)] | (1u << i));
+  const int32_t* off = plan.data_ptr<int32_t>() + kSpHeader;
   const int64_t jt = isa >= kIsaAvx512Vnni ? 128 : 32;  // the kernels' column tile
   const int64_t j_tiles = (J + jt - 1) / jt;
   const int64_t threads = at::get_num_threads();
@@ -898,7 +902,7 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
   const int64_t n_per = std::min<int64_t>(32, OC);
   const int64_t n_chunks = (OC + n_per - 1) / n_per;
   int64_t j_per_task = jt * std::max<int64_t>(1, j_tiles * n_chunks / (8 * threads) / n_chunks);
-  if (j_per_task == jt && jt == 128) j_per_task = balanced_columns(J, OC, n_per, threads);
+  if (j_per_task == jt && isa >= kIsaAvx512Vnni) j_per_task = balanced_columns(J, OC, n_per, threads, jt);
   const int64_t j_chunks = (J + j_per_task - 1) / j_per_task;
   for (int64_t img = 0; img < N; ++img) {
     const float* xi = xc.data_ptr<float>() + img * C * H * W;
@@ -971,9 +975,6 @@ at::Tensor sparse_conv2d_planned(const at::Tensor& x, const at::Tensor& plan, co
       src = src_buf;
     }
     float* dst = h.use_tmp ? tmp : out.data_ptr<float>() + img * OC * Ho * Wo;
-    // AVX-512: the last pass writes the output plane itself (SpmmArgs::fout), tmp only holds the partial
-    // sums of the earlier input-channel blocks; elsewhere the rows go through tmp and are copied below
-    const bool direct = h.use_tmp && isa >= kIsaAvx512Vnni;
     const int64_t nq = h.nq;
     const int32_t* tb = nq > 1 ? off + h.nnz : nullptr;
     at::parallel_for(0, n_chunks * j_chunks, 1, [&](int64_t t0, int64_t t1) {
