@@ -321,6 +321,8 @@ def main(argv=None) -> int:
     ap.add_argument("--resummarize", default=None, metavar="JSON",
                     help="recompute the int8 summary of a saved result with this script's summarize_int8, and exit")
     args = ap.parse_args(argv)
+    if args.peak_loops < 0 or args.peak_loop_gap < 0:
+        ap.error("--peak-loops and --peak-loop-gap must be >= 0 (0 loops: no same-loop runs)")
     if args.resummarize:
         path = Path(args.resummarize)
         saved = json.loads(path.read_text())
