@@ -83,6 +83,13 @@ CASES = [
     # over 760 output pixels (several 128-row steps, the last one partial), and dilation along H only
     (2, 3, 40, 37, 64, 7, 2, 3, 1, 1),
     (1, 3, 20, 21, 16, 3, 1, 2, (2, 1), 1),
+    # space-to-depth (AMX, stride 2, no weight zero points; otherwise the patch rows): 35-pixel lines (a 32-row
+    # tile pair + VNNI rows), 20 channels (a 16-channel tail), no padding, a 9x9 kernel (60-byte chunks),
+    # and the same packed weights at stride 1 (patch rows)
+    (1, 3, 45, 71, 20, 7, 2, 2, 1, 1),
+    (2, 3, 64, 64, 64, 7, 2, 0, 1, 1),
+    (1, 3, 33, 40, 16, 9, 2, 4, 1, 1),
+    (1, 3, 20, 24, 16, 7, 1, 3, 1, 1),
     # Kp % 64 == 0: the AMX tile path where the CPU has it (16-row groups, VNNI row tails, 16-channel tails)
     (2, 64, 20, 20, 48, 3, 1, 1, 1, 1),    # implicit GEMM, 64 channels per tap, 20-pixel lines
     (1, 128, 9, 9, 40, 3, 2, 1, 1, 1),     # patch matrix, Kp = 1152
@@ -121,6 +128,29 @@ def test_int8_conv_exact(isa, case, w_zp_on):
         y_ref = reference.epilogue(want.to(torch.int32), 0.05, ws, bias, act, 0.03, 3, dtype)
         assert y.dtype == dtype
         assert torch.equal(y, y_ref), f"act={act} {dtype}: max diff {(y.double() - y_ref.double()).abs().max()}"
+
+
+def test_int8_conv_blob_without_s2d_weights():
+    """A blob packed before the space-to-depth copy existed (its header's size ends at the column sums) still
+    runs, through the patch rows, with the same result."""
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 256, (2, 3, 40, 37), dtype=torch.uint8, generator=gen).contiguous(memory_format=CL)
+    wq = torch.randint(-127, 128, (64, 3, 7, 7), dtype=torch.int8, generator=gen)
+    pk = ops.int8_pack_weight(wq)
+    plan = reference.pack_plan(64, 3, 7, 7, 1)
+    assert plan["s2d_kp"] == 4 * 48 and pk.numel() == plan["total"]
+    old = pk[: plan["cs_off"] + 4 * 64].clone()
+    header = old[:64].view(torch.int32)
+    header[15] = old.numel()
+    wz = torch.zeros(64, dtype=torch.int32)
+
+    def conv(blob):
+        return ops.int8_conv2d(x, 0.05, 9, blob, torch.full((64,), 0.01), wz, None, 64, [7, 7], [2, 2], [3, 3], [1, 1], 1, 0,
+                               1.0, 0, torch.int32)
+
+    want = int64_conv(x, 9, wq, wz, (2, 2), (3, 3), (1, 1), 1)
+    assert torch.equal(conv(pk).to(torch.int64), want)
+    assert torch.equal(conv(old).to(torch.int64), want)
 
 
 def test_int8_conv_matches_float_conv_of_dequantized_tensors():

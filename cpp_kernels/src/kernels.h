@@ -7,7 +7,9 @@
 namespace ec {
 
 // ---- packed int8 weights -------------------------------------------------------------------------
-// Blob = [64-byte header][weights][int32 column sums, one per output channel].
+// Blob = [64-byte header][weights][int32 column sums, one per output channel][for a few-channel, large-kernel
+// weight (ops.cpp plan_pack): the same weights in the space-to-depth order, 64-byte aligned; a blob whose
+// total_bytes ends at the column sums (packed before this copy existed) simply runs without it].
 // Weights: per group g, blocks of 16 output channels x 4 reduction steps, 64 bytes each:
 //   byte ((g*NB + nb)*KB + kb)*64 + lane*4 + j  =  w[g*OCg + nb*16 + lane][k = kb*4 + j]
 // with the reduction index k ordered (kh, kw, ic) to match an NHWC im2col row, zero-padded to Kp.
@@ -58,6 +60,7 @@ struct GemmArgs {
   int64_t ldc;
   const int8_t* btail;     // AMX only: when kp % 64 != 0, the last 64-step chunk of every 16-channel
                            // block, zero-padded to 1 KiB (A rows must then be readable up to round64(kp))
+  int64_t kc = 64;         // AMX only: reduction bytes per tile chunk (a multiple of 4, <= 64)
 };
 
 // Depthwise: x NHWC u8, one output pixel range [p0, p1) over N*Ho*Wo.
@@ -90,6 +93,11 @@ struct PatchArgs {
   int64_t run, stride;
 };
 void patch_rows_avx512(const PatchArgs& a, int64_t p0, int64_t count, uint8_t* col);
+
+// One row of a space-to-depth input: dst pixel j (4c bytes) = [r0 pixels 2j, 2j + 1][r1 pixels 2j, 2j + 1]
+// (2c bytes each) for j in [0, wq), where r0 / r1 are the even / odd input rows (c bytes per pixel, readable
+// to 2 * wq * c + 64 bytes). c <= 16.
+void space_to_depth_row_avx512(const uint8_t* r0, const uint8_t* r1, uint8_t* dst, int64_t wq, int64_t c);
 
 void gemm_ref(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);
 void gemm_avx2(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1);

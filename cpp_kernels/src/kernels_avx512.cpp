@@ -149,36 +149,40 @@ void gemm_avx512vnni(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int6
 
 namespace {
 
-// AMX palette 1: tmm0-3 = C (16 rows x 16 int32), tmm4-5 = A (16 rows x 64 u8), tmm6-7 = B (16 groups
-// of 4 reduction steps x 16 channels x 4 bytes: exactly the packed layout, 1 KiB per 64 steps).
+// AMX palette 1: tmm0-3 = C (16 rows x 16 int32), tmm4-5 = A (16 rows x kc u8), tmm6-7 = B (kc / 4 groups
+// of 4 reduction steps x 16 channels x 4 bytes: exactly the packed layout, kc * 16 bytes per chunk).
 struct alignas(64) TileConfig {
   uint8_t palette, start_row, reserved[14];
   uint16_t colsb[16];
   uint8_t rows[16];
 };
 
-inline void amx_configure() {
+inline void amx_configure(int64_t kc) {
   TileConfig c{};
   c.palette = 1;
   for (int t = 0; t < 8; ++t) {
     c.colsb[t] = 64;
     c.rows[t] = 16;
   }
+  c.colsb[4] = c.colsb[5] = uint16_t(kc);
+  c.rows[6] = c.rows[7] = uint8_t(kc / 4);
   _tile_loadconfig(&c);
 }
 
 }  // namespace
 
-// Rows in 32-row blocks (two 16-row A tiles) x 32 channels (two B tiles), K in 64-byte steps; needs
-// koff contiguous within each 64-byte step and either kp % 64 == 0 or a zero-padded tail chunk
-// (btail, with A rows readable to round64(kp)); checked by the dispatcher. Fewer than 16 leftover
-// rows go to the VNNI kernel.
+// Rows in 32-row blocks (two 16-row A tiles) x 32 channels (two B tiles), K in chunks of kc bytes (64, or
+// a kernel row pair of a space-to-depth input: koff[c * kc / 4] is chunk c's offset in an A row); needs koff
+// contiguous within each chunk and either kp % kc == 0 or (kc = 64) a zero-padded tail chunk (btail, with
+// A rows readable to round64(kp)); checked by the dispatcher. Fewer than 16 leftover rows go to the VNNI
+// kernel.
 void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  amx_configure();
+  const int64_t kc = g.kc;
+  amx_configure(kc);
   alignas(64) int32_t cbuf[32 * 32];
-  const int64_t kc_full = g.kp / 64;
+  const int64_t kc_full = g.kp / kc;
   const int64_t kc_n = kc_full + (g.btail ? 1 : 0);
-  const int64_t bstride = g.kp * 16;
+  const int64_t bstride = g.kp * 16, bchunk = kc * 16;
   for (int64_t n = n0; n < n1; n += 32) {
     const bool two = n + 16 < n1;
     const int8_t* b0 = g.b + (n / 16) * bstride;
@@ -194,12 +198,12 @@ void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
       _tile_zero(3);
       for (int64_t c = 0; c < kc_n; ++c) {
         const bool tail = c == kc_full;  // the zero-padded last chunk
-        const int64_t ko = tail ? c * 64 : g.koff[c * 16];
+        const int64_t ko = tail ? c * 64 : g.koff[c * (kc / 4)];
         _tile_loadd(4, a0 + ko, g.lda);
-        _tile_loadd(6, tail ? g.btail + (n / 16) * 1024 : b0 + c * 1024, 64);
+        _tile_loadd(6, tail ? g.btail + (n / 16) * 1024 : b0 + c * bchunk, 64);
         _tile_dpbusd(0, 4, 6);
         if (two) {
-          _tile_loadd(7, tail ? g.btail + (n / 16 + 1) * 1024 : b1 + c * 1024, 64);
+          _tile_loadd(7, tail ? g.btail + (n / 16 + 1) * 1024 : b1 + c * bchunk, 64);
           _tile_dpbusd(1, 4, 7);
         }
         if (pair) {
@@ -229,7 +233,7 @@ void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
     if (m < m1) {
       _tile_release();
       gemm_avx512vnni(g, m, m1, n, n + 32 < n1 ? n + 32 : n1);
-      amx_configure();
+      amx_configure(kc);
     }
   }
   _tile_release();
@@ -403,6 +407,24 @@ void patch_rows_avx512(const PatchArgs& a, int64_t p0, int64_t count, uint8_t* c
       }
       line = a.x + (img * a.hp + oh * a.sh) * pitch;
     }
+  }
+}
+
+void space_to_depth_row_avx512(const uint8_t* r0, const uint8_t* r1, uint8_t* dst, int64_t wq, int64_t c) {
+  // In 16-bit words (2c bytes per source pixel pair = c words): J output pixels (2c words each) per step from
+  // the c * J words of each source at word j * c; word index 32 + i selects r1's word i.
+  const int64_t J = 16 / c;
+  alignas(64) uint16_t idx[32] = {};
+  for (int64_t o = 0; o < 2 * c * J; ++o) {
+    const int64_t j = o / (2 * c), r = o % (2 * c);
+    idx[o] = uint16_t((r >= c ? 32 : 0) + c * j + r % c);
+  }
+  const __m512i vi = _mm512_load_si512(idx);
+  for (int64_t j = 0; j < wq; j += J) {
+    const int64_t bytes = (wq - j < J ? wq - j : J) * 4 * c;
+    const __m512i a = _mm512_loadu_si512(r0 + 2 * c * j), b = _mm512_loadu_si512(r1 + 2 * c * j);
+    const __mmask64 k = bytes >= 64 ? ~__mmask64(0) : (__mmask64(1) << bytes) - 1;
+    _mm512_mask_storeu_epi8(dst + 4 * c * j, k, _mm512_permutex2var_epi16(a, vi, b));
   }
 }
 

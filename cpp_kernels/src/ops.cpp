@@ -289,8 +289,15 @@ at::Tensor quantize_u8(const at::Tensor& x, double scale, int64_t zero_point) {
 struct PackPlan {
   bool depthwise;
   int64_t g_eff, np, kp, wbytes, cs_off, total;
+  int64_t s2d_run, s2d_kp, s2d_off;  // the space-to-depth copy of the weights (s2d_kp == 0: none)
 };
 
+// A conv with a few input channels and a large kernel (a 7x7 RGB stem) also gets its weights in the order of
+// the space-to-depth GEMM (see int8_conv2d), used when it runs at stride 2 on AMX: the 2x2 phases of the input
+// become 4 * icg channels and the kernel ceil(KH/2) x ceil(KW/2); one of its kernel rows, s2d_run =
+// ceil(KW/2) * 4 * icg bytes, must fit one 64-byte tile row, and the rows (tile chunks) may number at most
+// one more than the 64-byte chunks of the plain patch row (a 3x3 or 5x5 stem would lose more to the zero
+// taps than the patch matrix costs). Stored after the column sums, in the packed layout with Kp = s2d_kp.
 PackPlan plan_pack(int64_t oc, int64_t icg, int64_t kh, int64_t kw, int64_t groups) {
   PackPlan p{};
   p.depthwise = groups > 1 && icg == 1 && oc == groups && kh * kw <= 64;
@@ -306,6 +313,13 @@ PackPlan plan_pack(int64_t oc, int64_t icg, int64_t kh, int64_t kw, int64_t grou
   p.wbytes = p.g_eff * p.np * p.kp;
   p.cs_off = 64 + round_up(p.wbytes, 64);
   p.total = p.cs_off + 4 * oc;
+  const int64_t kg = icg * kh * kw, kh2 = (kh + 1) / 2;
+  p.s2d_run = (kw + 1) / 2 * 4 * icg;
+  if (groups == 1 && p.s2d_run <= 64 && kg > 128 && kh2 <= (kg + 63) / 64 + 1) {
+    p.s2d_kp = kh2 * p.s2d_run;
+    p.s2d_off = round_up(p.total, 64);
+    p.total = p.s2d_off + p.np * p.s2d_kp;
+  }
   return p;
 }
 
@@ -338,6 +352,17 @@ at::Tensor int8_pack_weight(const at::Tensor& weight, int64_t groups) {
         sum += v;
       }
     cs[o] = sum;
+  }
+  if (p.s2d_kp) {
+    // s2d reduction index k2 = ((r * kw2 + jw) * 2 + a) * 2 * icg + b * icg + c  <-  tap (2r + a, 2jw + b), channel c
+    int8_t* d2 = base + p.s2d_off;
+    for (int64_t o = 0; o < oc; ++o)
+      for (int64_t k2 = 0; k2 < p.s2d_kp; ++k2) {
+        const int64_t r = k2 / p.s2d_run, jw = (k2 % p.s2d_run) / (4 * icg), sub = k2 % (4 * icg);
+        const int64_t y = 2 * r + sub / (2 * icg), x = 2 * jw + (sub % (2 * icg)) / icg, c = sub % icg;
+        if (y < kh && x < kw)
+          d2[((o / 16) * (p.s2d_kp / 4) + k2 / 4) * 64 + (o % 16) * 4 + k2 % 4] = src[((o * icg + c) * kh + y) * kw + x];
+      }
   }
   PackHeader h{kPackMagic, kPackVersion, kFormatCpuK4N16, int32_t(oc), int32_t(icg), int32_t(kh), int32_t(kw),
                int32_t(groups), int32_t(kg), int32_t(p.kp), int32_t(ocg), int32_t(p.np), int32_t(p.depthwise),
@@ -431,17 +456,29 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
 
   const int64_t icg = h.icg, ocg = h.ocg, kp = h.kp, kg = h.kg;
   const int64_t sh = stride[0], sw = stride[1], ph = padding[0], pw = padding[1], dh = dilation[0], dw = dilation[1];
-  // Three ways to feed the GEMM rows (output pixels):
+  // Four ways to feed the GEMM rows (output pixels):
   //  pointwise: a 1x1/stride-1 conv reads the NHWC input itself, all pixels one stream;
   //  implicit : channels per group % 4 == 0 and output lines >= 16 pixels: each output line reads the
   //             (zero-point padded) input through a table of tap offsets, no patch matrix;
-  //  im2col   : otherwise (a 3-channel stem, 7x7 maps) a patch matrix per task, zero-padded to Kp.
+  //  s2d      : (AMX) a few channels at stride 2, e.g. a 7x7 RGB stem: the padded input's 2x2 phases become
+  //             the 4C channels of a half-size image, over which the conv has stride 1 and a ceil(K/2)^2
+  //             kernel (the taps past K get zero weights). A kernel row of it is one run of
+  //             ceil(KW/2) * 4C bytes (48 for the stem), so each tile reads its 16 rows straight from that
+  //             image at a 4C-byte stride, one tile chunk per kernel row: no patch matrix, for ceil(KH/2)
+  //             chunks instead of ceil(KH*KW*C/64) (4 instead of 3 for the stem);
+  //  im2col   : otherwise (a 3-channel stem without AMX, 7x7 maps) a patch matrix per task, zero-padded to Kp.
   const bool pointwise = groups == 1 && KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0 && C % 4 == 0;
   const bool implicit = !pointwise && icg % 4 == 0 && Wo >= 16;  // short lines waste micro-tile rows
+  // (the packed blob holds the weights in s2d order when the shape suits it, plan_pack; weight zero points
+  // would need row sums over the real taps only)
+  const PackPlan plan = plan_pack(h.oc, h.icg, h.kh, h.kw, h.groups);
+  const int64_t kh2 = (KH + 1) / 2, kw2 = (KW + 1) / 2, s2d_run = plan.s2d_run;
+  const bool s2d = isa == kIsaAmx && !pointwise && !implicit && plan.s2d_kp > 0 &&
+                   h.total_bytes == plan.total && sh == 2 && sw == 2 && dh == 1 && dw == 1 && !any_wzp && Wo >= 16;
   //  (im2col with AVX-512, one group and unit W dilation: the patch rows are KH contiguous runs of the padded
   //   input, copied with masked 64-byte moves; measured 2.2 of 3.5 ms in the ResNet-50 stem at batch 8 with
   //   the per-tap copies from the unpadded input that the other cases use)
-  const bool run_rows = !pointwise && !implicit && groups == 1 && dilation[1] == 1 && isa >= kIsaAvx512Vnni;
+  const bool run_rows = !pointwise && !implicit && !s2d && groups == 1 && dilation[1] == 1 && isa >= kIsaAvx512Vnni;
   const int64_t Hp = H + 2 * ph, Wp = W + 2 * pw;
   at::Tensor xpad;  // every byte is written below (no zero-fill)
   const uint8_t* xsrc = xd;
@@ -463,11 +500,41 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
     });
     xsrc = xp;
   }
-  std::vector<int64_t> koff(size_t(kp / 4));
-  for (int64_t kb = 0; kb < kp / 4; ++kb) {
+  // s2d image: Hq x Wq pixels of 4C bytes, pixel (i, j) = padded input rows 2i, 2i + 1 x columns 2j, 2j + 1;
+  // anything outside the image (padding, or past the padded input where only zero weights reach) is the zero
+  // point. Output line (img, oh) reads rows oh .. oh + kh2 - 1 and pixels up to Wo - 1 + kw2 - 1.
+  const int64_t Hq = Ho + kh2 - 1, Wq = Wo + kw2 - 1, qpix = 4 * C;
+  at::Tensor xq;
+  if (s2d) {
+    xq = OutputPool::instance().empty({N * Hq * Wq * qpix + 64}, x.options());
+    uint8_t* q = xq.data_ptr<uint8_t>();
+    const int64_t row_bytes = 2 * Wq * C + 64;  // two input rows, padded, with the reader's 64-byte slack
+    at::parallel_for(0, N * Hq, 8, [&](int64_t r0, int64_t r1) {
+      std::vector<uint8_t> rows(size_t(2 * row_bytes));
+      for (int64_t r = r0; r < r1; ++r) {
+        const int64_t img = r / Hq, i = r % Hq;
+        for (int64_t p = 0; p < 2; ++p) {
+          uint8_t* d = rows.data() + p * row_bytes;
+          const int64_t y = 2 * i + p - ph;
+          std::memset(d, zx, size_t(row_bytes));
+          if (y < 0 || y >= H) continue;
+          // image columns [0, W) land at s2d column offset pw (clipped to the 2 * Wq columns the kernel reads)
+          const int64_t x0 = std::min<int64_t>(W, 2 * Wq - pw);
+          if (x0 > 0) std::memcpy(d + pw * C, xd + ((img * H + y) * W) * C, size_t(x0 * C));
+        }
+        space_to_depth_row_avx512(rows.data(), rows.data() + row_bytes, q + r * Wq * qpix, Wq, C);
+      }
+    });
+  }
+  const uint8_t* xqd = s2d ? xq.data_ptr<uint8_t>() : nullptr;
+  const int64_t kpe = s2d ? kh2 * s2d_run : kp;  // the GEMM's padded reduction
+  std::vector<int64_t> koff(size_t(kpe / 4));
+  for (int64_t kb = 0; kb < kpe / 4; ++kb) {
     if (implicit) {
       const int64_t t = (kb * 4) / icg, c = (kb * 4) % icg;
       koff[kb] = ((t / KW) * dh * Wp + (t % KW) * dw) * C + c;
+    } else if (s2d) {  // chunk = kernel row of the s2d conv = the next s2d row
+      koff[kb] = (kb * 4) / s2d_run * Wq * qpix + (kb * 4) % s2d_run;
     } else {
       koff[kb] = 4 * kb;
     }
@@ -475,12 +542,12 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   // AMX tiles read A in 64-byte reduction steps: needs Kp % 64 == 0 and, for the implicit GEMM, whole
   // 64-channel runs per tap
   // (a patch matrix can have any Kp: its rows are padded to 64 bytes and the last weight chunk is
-  // copied zero-padded into btail)
-  const bool im2col = !pointwise && !implicit;
-  const bool use_amx = isa == kIsaAmx && (im2col || (kp % 64 == 0 && (!implicit || icg % 64 == 0)));
+  // copied zero-padded into btail; the s2d GEMM reads chunks of s2d_run bytes, Kp = kh2 chunks)
+  const bool im2col = !pointwise && !implicit && !s2d;
+  const bool use_amx = isa == kIsaAmx && (im2col || s2d || (kp % 64 == 0 && (!implicit || icg % 64 == 0)));
   const int64_t col_stride = use_amx && im2col ? round_up(kp, 64) : kp;
   std::vector<int8_t> btail;
-  if (use_amx && kp % 64) {
+  if (use_amx && !s2d && kp % 64) {
     const int64_t blocks = groups * (h.np / 16), full = (kp / 64) * 64;
     btail.assign(static_cast<size_t>(blocks * 1024), 0);
     for (int64_t blk = 0; blk < blocks; ++blk)
@@ -490,8 +557,8 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   // Pixels per task: ~192 KiB of A (L2-resident while the 64-channel panels of B stream past it),
   // with enough tasks for the threads; when the pixels give too few tasks, the panels are split too.
   const int64_t threads = at::get_num_threads();
-  const int64_t line = implicit ? Wo : 1;  // implicit tasks own whole output lines
-  int64_t mb = std::max<int64_t>(12, 196608 / std::max<int64_t>(kp, 1));
+  const int64_t line = implicit || s2d ? Wo : 1;  // implicit and s2d tasks own whole output lines
+  int64_t mb = std::max<int64_t>(12, 196608 / std::max<int64_t>(kpe, 1));
   mb = std::max<int64_t>(line, mb / line * line);
   while (mb > line && (M + mb - 1) / mb < 2 * threads) mb = std::max<int64_t>(line, (mb / 2) / line * line);
   const int64_t m_tiles = (M + mb - 1) / mb;
@@ -499,11 +566,11 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
   const int64_t panels_per_split = (n_tiles + n_splits - 1) / n_splits;
 
   for (int64_t g = 0; g < groups; ++g) {
-    GemmArgs ga{nullptr, 0, koff.data(), wdata + g * (h.np / 16) * kp * 16, kp, ocg, corr.data() + g * ocg,
+    GemmArgs ga{nullptr, 0, koff.data(), s2d ? w_packed.data_ptr<int8_t>() + plan.s2d_off : wdata + g * (h.np / 16) * kp * 16, kpe, ocg, corr.data() + g * ocg,
                 any_wzp ? wzp + g * ocg : nullptr, nullptr, mult.data() + g * ocg,
                 bias_v.data() + g * ocg, int(activation), out_kind, 1.0f / float(out_scale), int32_t(out_zero_point),
                 od + g * ocg * esize, OC,
-                btail.empty() ? nullptr : btail.data() + g * (h.np / 16) * 1024};
+                btail.empty() ? nullptr : btail.data() + g * (h.np / 16) * 1024, s2d ? s2d_run : 64};
     at::parallel_for(0, m_tiles * n_splits, 1, [&](int64_t t0, int64_t t1) {
       std::vector<uint8_t> col;
       std::vector<int32_t> rsum;
@@ -540,6 +607,15 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
             const int64_t img = l / Ho, oh = l % Ho;
             ta.a = xsrc + ((img * Hp + oh * sh) * Wp) * C + g * icg;
             ta.lda = sw * C;
+            gemm_rows(ta, l * Wo, Wo);
+          }
+          continue;
+        }
+        if (s2d) {
+          for (int64_t l = m0 / Wo; l < m1 / Wo; ++l) {  // output lines (img, oh)
+            const int64_t img = l / Ho, oh = l % Ho;
+            ta.a = xqd + ((img * Hq + oh) * Wq) * qpix;
+            ta.lda = qpix;
             gemm_rows(ta, l * Wo, Wo);
           }
           continue;

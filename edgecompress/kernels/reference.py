@@ -29,8 +29,15 @@ def pack_plan(oc: int, icg: int, kh: int, kw: int, groups: int) -> dict:
         g_eff, np_, kp = groups, _round_up(oc // groups, 16), _round_up(icg * kh * kw, 4)
     wbytes = g_eff * np_ * kp
     cs_off = 64 + _round_up(wbytes, 64)
+    total = cs_off + 4 * oc
+    # the space-to-depth copy of a few-channel, large-kernel weight (a 7x7 RGB stem), after the column sums
+    kg, kh2, s2d_run = icg * kh * kw, (kh + 1) // 2, (kw + 1) // 2 * 4 * icg
+    s2d_kp = s2d_off = 0
+    if groups == 1 and s2d_run <= 64 and kg > 128 and kh2 <= (kg + 63) // 64 + 1:
+        s2d_kp, s2d_off = kh2 * s2d_run, _round_up(total, 64)
+        total = s2d_off + np_ * s2d_kp
     return {"depthwise": depthwise, "g_eff": g_eff, "np": np_, "kp": kp, "wbytes": wbytes, "cs_off": cs_off,
-            "total": cs_off + 4 * oc}
+            "s2d_kp": s2d_kp, "s2d_off": s2d_off, "total": total}
 
 
 def pack_plan_cuda(oc: int, icg: int, kh: int, kw: int, groups: int) -> dict:
@@ -60,7 +67,17 @@ def pack_weight(weight: torch.Tensor, groups: int) -> torch.Tensor:
                            int(p["depthwise"]), 64, p["cs_off"], p["total"]], dtype=torch.int32)
     blob[:64] = header.view(torch.int8)
     blob[64: 64 + body.numel()] = body
-    blob[p["cs_off"]:] = w.to(torch.int32).flatten(1).sum(1).to(torch.int32).view(torch.int8)
+    blob[p["cs_off"]: p["cs_off"] + 4 * oc] = w.to(torch.int32).flatten(1).sum(1).to(torch.int32).view(torch.int8)
+    if p["s2d_kp"]:
+        # tap (2r + a, 2j + b) of channel c at reduction index ((r * kw2 + j) * 2 + a) * 2 * icg + b * icg + c
+        kh2, kw2 = (kh + 1) // 2, (kw + 1) // 2
+        w8 = torch.zeros(oc, icg, 2 * kh2, 2 * kw2, dtype=torch.int8)
+        w8[:, :, :kh, :kw] = w
+        w2 = w8.view(oc, icg, kh2, 2, kw2, 2).permute(0, 2, 4, 3, 5, 1).reshape(oc, p["s2d_kp"])
+        full2 = torch.zeros(np_, p["s2d_kp"], dtype=torch.int8)
+        full2[:oc] = w2
+        body2 = full2.view(np_ // 16, 16, p["s2d_kp"] // 4, 4).permute(0, 2, 1, 3).reshape(-1)
+        blob[p["s2d_off"]: p["s2d_off"] + body2.numel()] = body2
     return blob
 
 
