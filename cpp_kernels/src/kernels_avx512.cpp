@@ -4,6 +4,7 @@
 #include <immintrin.h>
 
 #include <cstring>
+#include <type_traits>
 
 #include "kernels.h"
 
@@ -171,6 +172,49 @@ inline void amx_configure(int64_t kc) {
 
 }  // namespace
 
+namespace {
+
+// The epilogue of one AMX block (rows x nv 16-channel vectors of cbuf, 32 int32 per row), with the output
+// kind and the weight-zero-point term fixed at compile time and every field it reads held in a local: the u8
+// stores may alias anything, so epilogue16's reads of g were redone (and its branches taken) per row.
+template <int OUT, bool WZP>
+void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv, int64_t m, int64_t n) {
+  using T = std::conditional_t<OUT == kOutI32, int32_t, std::conditional_t<OUT == kOutF32, float, uint8_t>>;
+  const int64_t ldc = g.ldc;
+  const int act = g.act;
+  const int32_t* rowsum = g.rowsum + m;
+  for (int v = 0; v < nv; ++v) {
+    const int64_t nn = n + 16 * v;
+    const Epi16 e = epi_load(g, nn, mask_for(g.n - nn));
+    T* o = static_cast<T*>(g.out) + m * ldc + nn;
+    for (int r = 0; r < rows; ++r, o += ldc) {
+      __m512i acc = _mm512_add_epi32(_mm512_load_si512(cbuf + r * 32 + 16 * v), e.corr);
+      if constexpr (WZP) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(e.wzp, _mm512_set1_epi32(rowsum[r])));
+      if constexpr (OUT == kOutI32) {
+        _mm512_mask_storeu_epi32(o, e.mask, acc);
+      } else {
+        __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult), e.bias);
+        if constexpr (OUT == kOutF32) {
+          if (act != kActNone) x = _mm512_max_ps(x, _mm512_setzero_ps());
+          if (act == kActRelu6) x = _mm512_min_ps(x, _mm512_set1_ps(6.f));
+          _mm512_mask_storeu_ps(o, e.mask, x);
+        } else {  // as epilogue16: the activation is inside the clamp
+          const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, e.inv), e.lo), e.hi);
+          _mm512_mask_cvtepi32_storeu_epi8(o, e.mask, _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp));
+        }
+      }
+    }
+  }
+}
+
+template <int OUT>
+void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv, int64_t m, int64_t n) {
+  if (g.wzp) amx_block_epilogue<OUT, true>(g, cbuf, rows, nv, m, n);
+  else amx_block_epilogue<OUT, false>(g, cbuf, rows, nv, m, n);
+}
+
+}  // namespace
+
 // Rows in 32-row blocks (two 16-row A tiles) x 32 channels (two B tiles), K in chunks of kc bytes (64, or
 // a kernel row pair of a space-to-depth input: koff[c * kc / 4] is chunk c's offset in an A row); needs koff
 // contiguous within each chunk and either kp % kc == 0 or (kc = 64) a zero-padded tail chunk (btail, with
@@ -219,15 +263,9 @@ void gemm_amx(const GemmArgs& g, int64_t m0, int64_t m1, int64_t n0, int64_t n1)
         if (two) _tile_stored(3, cbuf + 16 * 32 + 16, 128);
       }
       const int rows = pair ? 32 : 16;
-      for (int v = 0; v < (two ? 2 : 1); ++v) {
-        const int64_t nn = n + 16 * v;
-        const Epi16 e = epi_load(g, nn, mask_for(g.n - nn));
-        for (int r = 0; r < rows; ++r) {
-          const __m512i acc = _mm512_load_si512(cbuf + r * 32 + 16 * v);
-          const __m512i xs = g.wzp ? _mm512_set1_epi32(g.rowsum[m + r]) : _mm512_setzero_si512();
-          epilogue16(g, e, acc, xs, (m + r) * g.ldc + nn);
-        }
-      }
+      if (g.out_kind == kOutU8) amx_block_epilogue<kOutU8>(g, cbuf, rows, two ? 2 : 1, m, n);
+      else if (g.out_kind == kOutF32) amx_block_epilogue<kOutF32>(g, cbuf, rows, two ? 2 : 1, m, n);
+      else amx_block_epilogue<kOutI32>(g, cbuf, rows, two ? 2 : 1, m, n);
       if (!pair) m -= 16;  // advanced by 16 only
     }
     if (m < m1) {
