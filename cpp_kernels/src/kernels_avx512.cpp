@@ -170,10 +170,6 @@ inline void amx_configure(int64_t kc) {
   _tile_loadconfig(&c);
 }
 
-}  // namespace
-
-namespace {
-
 // The epilogue of one AMX block (rows x nv 16-channel vectors of cbuf, 32 int32 per row), with the output
 // kind and the weight-zero-point term fixed at compile time and every field it reads held in a local: the u8
 // stores may alias anything, so epilogue16's reads of g were redone (and its branches taken) per row.
