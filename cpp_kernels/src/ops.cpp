@@ -509,18 +509,18 @@ at::Tensor int8_conv2d(const at::Tensor& x, double x_scale, int64_t x_zero_point
     xq = OutputPool::instance().empty({N * Hq * Wq * qpix + 64}, x.options());
     uint8_t* q = xq.data_ptr<uint8_t>();
     const int64_t row_bytes = 2 * Wq * C + 64;  // two input rows, padded, with the reader's 64-byte slack
+    // image columns [0, W) land at column pw of a row (clipped to the 2 * Wq columns the kernel reads); the
+    // rest of a row buffer is the zero point, written once per task
+    const int64_t x0 = std::max<int64_t>(0, std::min<int64_t>(W, 2 * Wq - pw));
     at::parallel_for(0, N * Hq, 8, [&](int64_t r0, int64_t r1) {
-      std::vector<uint8_t> rows(size_t(2 * row_bytes));
+      std::vector<uint8_t> rows(size_t(2 * row_bytes), uint8_t(zx));
       for (int64_t r = r0; r < r1; ++r) {
         const int64_t img = r / Hq, i = r % Hq;
         for (int64_t p = 0; p < 2; ++p) {
-          uint8_t* d = rows.data() + p * row_bytes;
+          uint8_t* d = rows.data() + p * row_bytes + pw * C;
           const int64_t y = 2 * i + p - ph;
-          std::memset(d, zx, size_t(row_bytes));
-          if (y < 0 || y >= H) continue;
-          // image columns [0, W) land at s2d column offset pw (clipped to the 2 * Wq columns the kernel reads)
-          const int64_t x0 = std::min<int64_t>(W, 2 * Wq - pw);
-          if (x0 > 0) std::memcpy(d + pw * C, xd + ((img * H + y) * W) * C, size_t(x0 * C));
+          if (y < 0 || y >= H) std::memset(d, zx, size_t(x0 * C));
+          else std::memcpy(d, xd + ((img * H + y) * W) * C, size_t(x0 * C));
         }
         space_to_depth_row_avx512(rows.data(), rows.data() + row_bytes, q + r * Wq * qpix, Wq, C);
       }
