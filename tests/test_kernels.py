@@ -130,6 +130,31 @@ def test_int8_conv_exact(isa, case, w_zp_on):
         assert torch.equal(y, y_ref), f"act={act} {dtype}: max diff {(y.double() - y_ref.double()).abs().max()}"
 
 
+@pytest.mark.parametrize("isa", _isas())
+def test_int8_u8_requantization_edges(isa):
+    """u8 outputs at the clamp's edges (an out_scale so small that |v / out_scale| passes 2^15 and 2^31 both
+    ways, one so large that everything rounds near the zero point; zero points 0 / 128 / 255; no activation,
+    ReLU, ReLU6) equal the reference epilogue on every path: the AMX blocks of 32 channels clamp the upper
+    bound in float and the lower one on 16-bit lanes after rounding."""
+    if isa != "python":
+        ops.set_kernel_isa(isa)
+    gen = torch.Generator().manual_seed(11)
+    for c, oc, k, s, p, hw in [(64, 64, 3, 1, 1, 18), (3, 64, 7, 2, 3, 40), (16, 48, 1, 1, 0, 9)]:
+        x = torch.randint(0, 256, (1, c, hw, hw), dtype=torch.uint8, generator=gen).contiguous(memory_format=CL)
+        wq = torch.randint(-127, 128, (oc, c, k, k), dtype=torch.int8, generator=gen)
+        ws, wz = torch.rand(oc, generator=gen) * 0.01 + 1e-3, torch.zeros(oc, dtype=torch.int32)
+        bias = torch.randn(oc, generator=gen) * 50
+        pk = ops.int8_pack_weight(wq)
+        acc = int64_conv(x, 9, wq, wz, (s, s), (p, p), (1, 1), 1).to(torch.int32)
+        for out_scale in (1e-12, 1e-6, 0.05, 1e3):
+            for zp in (0, 128, 255):
+                for act in (0, 1, 2):
+                    y = ops.int8_conv2d(x, 0.05, 9, pk, ws, wz, bias, oc, [k, k], [s, s], [p, p], [1, 1], 1, act, out_scale,
+                                        zp, torch.uint8)
+                    want = reference.epilogue(acc, 0.05, ws, bias, act, out_scale, zp, torch.uint8)
+                    assert torch.equal(y, want), (c, out_scale, zp, act, (y.int() - want.int()).abs().max())
+
+
 def test_int8_conv_blob_without_s2d_weights():
     """A blob packed before the space-to-depth copy existed (its header's size ends at the column sums) still
     runs, through the patch rows, with the same result."""

@@ -180,22 +180,29 @@ void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv
   const int act = g.act;
   const int32_t* rowsum = g.rowsum + m;
   if (OUT == kOutU8 && !WZP && nv == 2 && g.n - n >= 32 && rows % 2 == 0) {
-    // two rows x 32 channels per step, the four u8 vectors packed into one register (the values are already
-    // in [0, 255], so the saturating packs are exact) and stored as two 32-byte rows: 7 instructions where
-    // four masked vpmovdb stores took 8 or more
+    // Two rows x 32 channels per step, stored as two 32-byte rows. The reference's clamp of v * inv to
+    // [lo, hi] before rounding is split: the upper bound in float (hi <= 255 - zp, so nothing overflows
+    // the conversion), the lower one after it on 16-bit lanes (lo is an integer, so rounding commutes
+    // with it; a value below -32768 saturates there and still clamps to lo), then + zp and the byte pack
+    // (values already in [0, 255]): 4.25 vector instructions per 16 outputs after the scaling, where the
+    // float clamp, the 32-bit zero point and a masked vpmovdb store took 5 or more.
     const Epi16 e0 = epi_load(g, n, 0xFFFF), e1 = epi_load(g, n + 16, 0xFFFF);
     const __m512i order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 2, 6, 10, 14, 3, 7, 11, 15);
+    float lo_f;
+    _mm_store_ss(&lo_f, _mm512_castps512_ps128(e0.lo));
+    const __m512i lo16 = _mm512_set1_epi16(int16_t(lo_f)), zp16 = _mm512_set1_epi16(int16_t(g.out_zp));
     auto quant = [&](const Epi16& e, const int32_t* c) {
       const __m512i acc = _mm512_add_epi32(_mm512_load_si512(c), e.corr);
       const __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult), e.bias);
-      const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, e.inv), e.lo), e.hi);
-      return _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp);
+      return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(x, e.inv), e.hi));
     };
     uint8_t* o = static_cast<uint8_t*>(g.out) + m * ldc + n;
     for (int r = 0; r < rows; r += 2, o += 2 * ldc) {
       const int32_t* c = cbuf + r * 32;
-      const __m512i a = _mm512_packus_epi32(quant(e0, c), quant(e1, c + 16));
-      const __m512i b = _mm512_packus_epi32(quant(e0, c + 32), quant(e1, c + 48));
+      __m512i a = _mm512_packs_epi32(quant(e0, c), quant(e1, c + 16));
+      __m512i b = _mm512_packs_epi32(quant(e0, c + 32), quant(e1, c + 48));
+      a = _mm512_add_epi16(_mm512_max_epi16(a, lo16), zp16);
+      b = _mm512_add_epi16(_mm512_max_epi16(b, lo16), zp16);
       const __m512i rr = _mm512_permutexvar_epi32(order, _mm512_packus_epi16(a, b));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o), _mm512_castsi512_si256(rr));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(o + ldc), _mm512_extracti64x4_epi64(rr, 1));
