@@ -176,6 +176,12 @@ def test_int8_conv_blob_without_s2d_weights():
     want = int64_conv(x, 9, wq, wz, (2, 2), (3, 3), (1, 1), 1)
     assert torch.equal(conv(pk).to(torch.int64), want)
     assert torch.equal(conv(old).to(torch.int64), want)
+    if "amx" in _isas():
+        # the AMX path really reads the space-to-depth copy: with it zeroed the sums are the zero-point terms only
+        ops.set_kernel_isa("amx")
+        blank = pk.clone()
+        blank[plan["s2d_off"]:] = 0
+        assert not torch.equal(conv(blank).to(torch.int64), want)
 
 
 def test_int8_conv_matches_float_conv_of_dequantized_tensors():
