@@ -4,7 +4,6 @@
 #include <immintrin.h>
 
 #include <cstring>
-#include <type_traits>
 
 #include "kernels.h"
 
@@ -64,28 +63,46 @@ inline Epi16 epi_load(const Args& g, int64_t nn, __mmask16 mask) {
   return e;
 }
 
-// acc holds exact int32 sums for the 16 channels of e; xsum is the per-row (GEMM) or per-channel
-// (depthwise) input sum, only used when weight zero points exist.
+// float(acc + corr) * mult + bias: the float value of 16 channels before the activation (two roundings, as
+// the reference).
+inline __m512 epi_value(const Epi16& e, __m512i acc) {
+  return _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(acc, e.corr)), e.mult), e.bias);
+}
+
+// The epilogue of 16 channels with the output kind and the weight-zero-point term fixed at compile time.
+// acc holds exact int32 sums for the channels of e; xsum is the per-row (GEMM) or per-channel (depthwise)
+// input sum, only used with weight zero points; element out_idx of out (of the output kind's type).
+template <int OUT, bool WZP>
+inline void epilogue16_to(const Epi16& e, __m512i acc, __m512i xsum, int act, void* out, int64_t out_idx) {
+  if constexpr (WZP) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(e.wzp, xsum));
+  if constexpr (OUT == kOutI32) {
+    _mm512_mask_storeu_epi32(static_cast<int32_t*>(out) + out_idx, e.mask, _mm512_add_epi32(acc, e.corr));
+    return;
+  }
+  __m512 v = epi_value(e, acc);
+  if constexpr (OUT == kOutF32) {
+    if (act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
+    if (act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
+    _mm512_mask_storeu_ps(static_cast<float*>(out) + out_idx, e.mask, v);
+    return;
+  }
+  // u8: the activation is inside the clamp (see Epi16)
+  const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(v, e.inv), e.lo), e.hi);
+  const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp);  // nearest-even, already in [0, 255]
+  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(out) + out_idx, e.mask, qi);
+}
+
 template <class Args>
 inline void epilogue16(const Args& g, const Epi16& e, __m512i acc, __m512i xsum, int64_t out_idx) {
-  acc = _mm512_add_epi32(acc, e.corr);
-  if (g.wzp) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(e.wzp, xsum));
-  if (g.out_kind == kOutI32) {
-    _mm512_mask_storeu_epi32(static_cast<int32_t*>(g.out) + out_idx, e.mask, acc);
-    return;
+  if (g.wzp) {
+    if (g.out_kind == kOutI32) epilogue16_to<kOutI32, true>(e, acc, xsum, g.act, g.out, out_idx);
+    else if (g.out_kind == kOutF32) epilogue16_to<kOutF32, true>(e, acc, xsum, g.act, g.out, out_idx);
+    else epilogue16_to<kOutU8, true>(e, acc, xsum, g.act, g.out, out_idx);
+  } else {
+    if (g.out_kind == kOutI32) epilogue16_to<kOutI32, false>(e, acc, xsum, g.act, g.out, out_idx);
+    else if (g.out_kind == kOutF32) epilogue16_to<kOutF32, false>(e, acc, xsum, g.act, g.out, out_idx);
+    else epilogue16_to<kOutU8, false>(e, acc, xsum, g.act, g.out, out_idx);
   }
-  __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult);
-  v = _mm512_add_ps(v, e.bias);
-  if (g.out_kind == kOutF32) {
-    if (g.act != kActNone) v = _mm512_max_ps(v, _mm512_setzero_ps());
-    if (g.act == kActRelu6) v = _mm512_min_ps(v, _mm512_set1_ps(6.f));
-    _mm512_mask_storeu_ps(static_cast<float*>(g.out) + out_idx, e.mask, v);
-    return;
-  }
-  __m512 q = _mm512_mul_ps(v, e.inv);
-  q = _mm512_min_ps(_mm512_max_ps(q, e.lo), e.hi);
-  const __m512i qi = _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp);  // nearest-even, already in [0, 255]
-  _mm512_mask_cvtepi32_storeu_epi8(static_cast<uint8_t*>(g.out) + out_idx, e.mask, qi);
 }
 
 // MR rows x NV*16 channels; acc in 4*6 = 24 zmm at most.
@@ -172,13 +189,12 @@ inline void amx_configure(int64_t kc) {
 
 // The epilogue of one AMX block (rows x nv 16-channel vectors of cbuf, 32 int32 per row), with the output
 // kind and the weight-zero-point term fixed at compile time and every field it reads held in a local: the u8
-// stores may alias anything, so epilogue16's reads of g were redone (and its branches taken) per row.
+// stores may alias anything, so epilogue16's reads of g would be redone (and its branches taken) per row.
 template <int OUT, bool WZP>
 void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv, int64_t m, int64_t n) {
-  using T = std::conditional_t<OUT == kOutI32, int32_t, std::conditional_t<OUT == kOutF32, float, uint8_t>>;
   const int64_t ldc = g.ldc;
   const int act = g.act;
-  const int32_t* rowsum = g.rowsum + m;
+  const int32_t* rowsum = WZP ? g.rowsum + m : nullptr;
   if (OUT == kOutU8 && !WZP && nv == 2 && g.n - n >= 32 && rows % 2 == 0) {
     // Two rows x 32 channels per step, stored as two 32-byte rows. The reference's clamp of v * inv to
     // [lo, hi] before rounding is split: the upper bound in float (hi <= 255 - zp, so nothing overflows
@@ -192,9 +208,7 @@ void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv
     _mm_store_ss(&lo_f, _mm512_castps512_ps128(e0.lo));
     const __m512i lo16 = _mm512_set1_epi16(int16_t(lo_f)), zp16 = _mm512_set1_epi16(int16_t(g.out_zp));
     auto quant = [&](const Epi16& e, const int32_t* c) {
-      const __m512i acc = _mm512_add_epi32(_mm512_load_si512(c), e.corr);
-      const __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult), e.bias);
-      return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(x, e.inv), e.hi));
+      return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_mul_ps(epi_value(e, _mm512_load_si512(c)), e.inv), e.hi));
     };
     uint8_t* o = static_cast<uint8_t*>(g.out) + m * ldc + n;
     for (int r = 0; r < rows; r += 2, o += 2 * ldc) {
@@ -209,26 +223,13 @@ void amx_block_epilogue(const GemmArgs& g, const int32_t* cbuf, int rows, int nv
     }
     return;
   }
+  void* out = g.out;
   for (int v = 0; v < nv; ++v) {
     const int64_t nn = n + 16 * v;
     const Epi16 e = epi_load(g, nn, mask_for(g.n - nn));
-    T* o = static_cast<T*>(g.out) + m * ldc + nn;
-    for (int r = 0; r < rows; ++r, o += ldc) {
-      __m512i acc = _mm512_add_epi32(_mm512_load_si512(cbuf + r * 32 + 16 * v), e.corr);
-      if constexpr (WZP) acc = _mm512_sub_epi32(acc, _mm512_mullo_epi32(e.wzp, _mm512_set1_epi32(rowsum[r])));
-      if constexpr (OUT == kOutI32) {
-        _mm512_mask_storeu_epi32(o, e.mask, acc);
-      } else {
-        __m512 x = _mm512_add_ps(_mm512_mul_ps(_mm512_cvtepi32_ps(acc), e.mult), e.bias);
-        if constexpr (OUT == kOutF32) {
-          if (act != kActNone) x = _mm512_max_ps(x, _mm512_setzero_ps());
-          if (act == kActRelu6) x = _mm512_min_ps(x, _mm512_set1_ps(6.f));
-          _mm512_mask_storeu_ps(o, e.mask, x);
-        } else {  // as epilogue16: the activation is inside the clamp
-          const __m512 q = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(x, e.inv), e.lo), e.hi);
-          _mm512_mask_cvtepi32_storeu_epi8(o, e.mask, _mm512_add_epi32(_mm512_cvtps_epi32(q), e.zp));
-        }
-      }
+    for (int r = 0; r < rows; ++r) {
+      const __m512i xs = WZP ? _mm512_set1_epi32(rowsum[r]) : _mm512_setzero_si512();
+      epilogue16_to<OUT, WZP>(e, _mm512_load_si512(cbuf + r * 32 + 16 * v), xs, act, out, (m + r) * ldc + nn);
     }
   }
 }
